@@ -1,0 +1,152 @@
+"""The ILC model (invertible transform + hyperprior) and its conv baseline.
+
+Both expose the same four pieces the toolkit exports and runs:
+  analysis(x) -> y (and z for ILC), hyper_analysis(y) -> w,
+  hyper_mean(w_hat) -> mu, hyper_scale(w_hat) -> v = log(sigma),
+  synthesis(y_hat, z) -> x_hat.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import SCALE_MAX, SCALE_MIN, ModelConfig
+from .entropy import (
+    FactorizedPrior,
+    HyperAnalysis,
+    HyperSynthesis,
+    gaussian_likelihood,
+    ste_round,
+)
+from .invertible import InvertibleTransform
+
+
+class _Codec(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        m, nh = cfg.latent_channels, cfg.hyper_channels
+        self.h_a = HyperAnalysis(m, nh)
+        self.h_s_mean = HyperSynthesis(nh, m, act="lrelu")
+        self.h_s_scale = HyperSynthesis(nh, m, act="relu")
+        self.prior = FactorizedPrior(nh)
+
+    # pieces -----------------------------------------------------------------
+    def analysis(self, x):  # -> (y, z)
+        raise NotImplementedError
+
+    def synthesis(self, y_hat, z):
+        raise NotImplementedError
+
+    def hyper_mean(self, w_hat):
+        return self.h_s_mean(w_hat)
+
+    def hyper_scale(self, w_hat):
+        """log(sigma), before clamping to the scale table's range."""
+        return self.h_s_scale(w_hat)
+
+    def zeros_z(self, y):
+        b, _, h, w = y.shape
+        return y.new_zeros(b, self.cfg.z_channels, h, w)
+
+    # training ---------------------------------------------------------------
+    def forward(self, x, quant: str = "noise"):
+        """Training/eval pass: returns x_hat, likelihoods, z and the rate in bits."""
+        y, z = self.analysis(x)
+        w = self.h_a(y)
+        if quant == "noise" and self.training:
+            w_q = w + torch.empty_like(w).uniform_(-0.5, 0.5)
+        else:
+            w_q = torch.round(w)
+        w_lik = self.prior.likelihood(w_q)
+        w_hat = ste_round(w) if self.training else w_q  # synthesis side sees integers
+        mu = self.hyper_mean(w_q if self.training else w_hat)
+        sigma = torch.exp(self.hyper_scale(w_q if self.training else w_hat)).clamp(SCALE_MIN, SCALE_MAX)
+        if quant == "noise" and self.training:
+            r = y - mu + torch.empty_like(y).uniform_(-0.5, 0.5)
+        else:
+            r = torch.round(y - mu)
+        y_lik = gaussian_likelihood(r, sigma)
+        y_hat = ste_round(y - mu) + mu
+        x_hat = self.synthesis(y_hat, self.zeros_z(y) if z is not None else None)
+        bits = -(torch.log2(y_lik).sum() + torch.log2(w_lik).sum())
+        return {"x_hat": x_hat, "bits": bits, "y_lik": y_lik, "w_lik": w_lik, "z": z, "y": y}
+
+    def loss(self, x, out):
+        n_px = x.shape[0] * x.shape[2] * x.shape[3]
+        bpp = out["bits"] / n_px
+        mse = torch.mean((out["x_hat"] - x) ** 2)
+        zterm = torch.mean(out["z"] ** 2) / 2 if out["z"] is not None else torch.zeros((), device=x.device)
+        total = bpp + self.cfg.lmbda * 255**2 * mse + self.cfg.beta * zterm
+        psnr = -10 * math.log10(max(mse.item(), 1e-12))
+        return total, {"loss": total.item(), "bpp": bpp.item(), "mse": mse.item(), "psnr": psnr, "z2": zterm.item()}
+
+
+class ILC(_Codec):
+    """Invertible Lossy Compression: f replaces the encoder/decoder pair."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.f = InvertibleTransform(cfg)
+
+    def analysis(self, x):
+        return self.f(x)
+
+    def synthesis(self, y_hat, z):
+        return self.f.inverse(y_hat, z)
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Balle 2016), simple reparametrised form."""
+
+    def __init__(self, c: int, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        self.beta = nn.Parameter(torch.ones(c))
+        self.gamma = nn.Parameter(0.1 * torch.eye(c))
+
+    def forward(self, x):
+        beta = self.beta.abs() + 1e-6
+        gamma = self.gamma.abs()
+        norm = torch.sqrt(nn.functional.conv2d(x * x, gamma[:, :, None, None], beta))
+        return x * norm if self.inverse else x / norm
+
+
+def _down(cin, cout):
+    return nn.Conv2d(cin, cout, 5, stride=2, padding=2)
+
+
+def _up(cin, cout):
+    return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
+
+
+class Baseline(_Codec):
+    """Non-invertible baseline: Balle/Minnen conv analysis + synthesis, same entropy model."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        n, m = cfg.baseline_channels, cfg.latent_channels
+        self.g_a = nn.Sequential(_down(3, n), GDN(n), _down(n, n), GDN(n), _down(n, n), GDN(n), _down(n, m))
+        self.g_s = nn.Sequential(
+            _up(m, n), GDN(n, True), _up(n, n), GDN(n, True), _up(n, n), GDN(n, True), _up(n, 3)
+        )
+
+    def analysis(self, x):
+        return self.g_a(x), None
+
+    def synthesis(self, y_hat, z=None):
+        return self.g_s(y_hat)
+
+    def zeros_z(self, y):
+        b, _, h, w = y.shape
+        return y.new_zeros(b, 0, h, w)
+
+
+def build_model(cfg: ModelConfig) -> _Codec:
+    if cfg.kind == "ilc":
+        return ILC(cfg)
+    if cfg.kind == "baseline":
+        return Baseline(cfg)
+    raise ValueError(f"unknown model kind {cfg.kind!r} (expected 'ilc' or 'baseline')")
