@@ -79,6 +79,7 @@ def train(args) -> Path:
         cfg = ModelConfig.from_dict({**base, "kind": args.kind, "name": args.name or out.name})
         if args.lmbda is not None:
             cfg.lmbda = args.lmbda
+    torch.manual_seed(args.seed)  # initial weights depend only on the seed
     model = build_model(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)

@@ -1,0 +1,150 @@
+"""`ilc-run`: compress, decompress and evaluate images with a deployed ILC model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..pipeline import api
+from .common import console, fail, out, progress, user_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+BackendOpt = typer.Option("torch", "--backend", "-b", help="torch | onnxruntime | tensorrt")
+ModelOpt = typer.Option(None, "--model", "-m", help="checkpoint (.safetensors), ONNX export folder or engine folder")
+ThreadsOpt = typer.Option(None, "--threads", help="intra-op threads for the backend (default: all cores)")
+
+
+def _backend_options(threads):
+    return {"threads": threads} if threads else {}
+
+
+@app.command()
+@user_errors
+def compress(
+    inputs: list[str] = typer.Argument(..., help="images, folders or globs"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output file (one input) or folder"),
+    model: Optional[Path] = ModelOpt,
+    quality: int = typer.Option(None, "--quality", "-q", help="shipped quality level (1 = smallest files)"),
+    backend: str = BackendOpt,
+    threads: Optional[int] = ThreadsOpt,
+    z_seed: Optional[int] = typer.Option(None, help="decode with a seeded z ~ N(0, T^2) instead of z = 0"),
+    z_temperature: float = typer.Option(0.0, help="T for --z-seed"),
+):
+    """Compress images to .ilc bitstreams."""
+    files = api.expand_inputs(inputs, api.IMAGE_SUFFIXES)
+    if not files:
+        fail("no input images found")
+    codec = api.open_codec(model, quality, backend, **_backend_options(threads))
+    failed = 0
+    with progress() as prog:
+        task = prog.add_task("compress", total=len(files), info="")
+        for src in files:
+            dst = api.output_path(src, output, len(files), api.BITSTREAM_SUFFIX)
+            r = api.compress_file(codec, src, dst, z_seed=z_seed, z_temperature=z_temperature)
+            if r.error:
+                failed += 1
+                console.print(f"[red]error:[/] {r.error}", highlight=False)
+            else:
+                for n in r.notes or []:
+                    console.print(f"[yellow]note:[/] {src}: {n}", highlight=False)
+                out.print(f"{src} -> {dst}  {r.stats.num_bytes} bytes  {r.stats.bpp:.4f} bpp  "
+                          f"{r.stats.total_time * 1000:.0f} ms", highlight=False)
+            prog.update(task, advance=1, info=src.name)
+    if failed:
+        fail(f"{failed} of {len(files)} files failed")
+
+
+@app.command()
+@user_errors
+def decompress(
+    inputs: list[str] = typer.Argument(..., help=".ilc files, folders or globs"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output image (one input) or folder"),
+    model: Optional[Path] = ModelOpt,
+    backend: str = BackendOpt,
+    threads: Optional[int] = ThreadsOpt,
+    reference: Optional[Path] = typer.Option(None, "--reference", help="original image: print PSNR against it"),
+):
+    """Decompress .ilc bitstreams to PNG (the model is found from the id in each file)."""
+    files = api.expand_inputs(inputs, {api.BITSTREAM_SUFFIX})
+    if not files:
+        fail("no input bitstreams found")
+    cache = api.CodecCache(model, backend, **_backend_options(threads))
+    failed = 0
+    with progress() as prog:
+        task = prog.add_task("decompress", total=len(files), info="")
+        for src in files:
+            dst = api.output_path(src, output, len(files), ".png")
+            r = api.decompress_file(cache, src, dst)
+            if r.error:
+                failed += 1
+                console.print(f"[red]error:[/] {r.error}", highlight=False)
+            else:
+                msg = f"{src} -> {dst}  {r.stats.width}x{r.stats.height}  {r.stats.total_time * 1000:.0f} ms"
+                if reference is not None and len(files) == 1:
+                    from ..pipeline.image_io import load_rgb
+                    from ..pipeline.metrics import psnr
+
+                    ref, _ = load_rgb(reference)
+                    dec, _ = load_rgb(dst)
+                    msg += f"  PSNR {psnr(ref, dec):.2f} dB  {r.stats.bpp:.4f} bpp"
+                out.print(msg, highlight=False)
+            prog.update(task, advance=1, info=src.name)
+    if failed:
+        fail(f"{failed} of {len(files)} files failed")
+
+
+@app.command()
+@user_errors
+def demo(
+    image: Optional[Path] = typer.Argument(None, help="image (default: the shipped sample)"),
+    quality: int = typer.Option(None, "--quality", "-q"),
+    backend: str = BackendOpt,
+    model: Optional[Path] = ModelOpt,
+    output: Path = typer.Option(Path("out"), "-o", "--output", help="folder for the .ilc and decoded PNG"),
+):
+    """Compress and decompress one image through real files; print bpp and PSNR."""
+    from ..pipeline.demo import run_demo
+
+    r = run_demo(image, quality=quality, backend=backend, model=model, out_dir=output)
+    out.print(
+        f"{r['image']}: {r['width']}x{r['height']}  {r['bytes']} bytes  {r['bpp']:.4f} bpp  "
+        f"PSNR {r['psnr']:.2f} dB  MS-SSIM {r['ms_ssim']:.4f}  (model {r['model']}, backend {backend})\n"
+        f"  wrote {r['bitstream']} and {r['decoded']}; encode {r['encode_s']*1000:.0f} ms, decode {r['decode_s']*1000:.0f} ms",
+        highlight=False,
+    )
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    directory: Path = typer.Argument(..., help="folder of images (e.g. Kodak)"),
+    json_out: Path = typer.Option(..., "--json", help="results JSON (CompressAI format)"),
+    qualities: Optional[str] = typer.Option(None, "--quality", "-q", help="comma list (default: every shipped quality)"),
+    backend: str = BackendOpt,
+    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="one model per point instead of shipped qualities"),
+    threads: Optional[int] = ThreadsOpt,
+    limit: Optional[int] = typer.Option(None, help="only the first N images"),
+):
+    """Compress + decompress every image through real files; report bpp, PSNR, MS-SSIM, times."""
+    from ..verify.rd import evaluate_codec, write_results_json
+
+    qs = [int(q) for q in qualities.split(",")] if qualities else None
+    with progress() as prog:
+        res = evaluate_codec(directory, qualities=qs, models=model, backend=backend, limit=limit,
+                             progress=prog, **_backend_options(threads))
+    write_results_json(res, json_out)
+    r = res["results"]
+    for i in range(len(r["bpp"])):
+        out.print(f"point {i + 1}: {r['bpp'][i]:.4f} bpp  PSNR {r['psnr-rgb'][i]:.2f} dB  MS-SSIM {r['ms-ssim-rgb'][i]:.4f}  "
+                  f"enc {r['encoding_time'][i]:.3f} s  dec {r['decoding_time'][i]:.3f} s", highlight=False)
+    out.print(f"wrote {json_out}")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Entropy coding of w_hat and y symbols with constriction's range coder (numpy only).
+
+Streams (each a sequence of little-endian uint32 words from
+``constriction.stream.queue.RangeEncoder``; models are ``Categorical`` built from the
+integer CDF tables with ``perfect=False``, whose fixed-point quantisation is a
+deterministic function of our integer tables):
+
+stream 0 (hyper):  for c in 0..Nh-1: the h*w values w_hat[c] - lo[c] (raster order),
+                   model = prior CDF row c; then END_MARKER (Uniform(2**16)).
+stream 1 (latent): the scale index of every y element comes from the integer
+                   hyper-scale net on w_hat (intnet.scale_indices). Elements are grouped
+                   by index k = 0..S-1 (raster order within a group); a group is coded
+                   with Gaussian CDF row k over the symbols
+                   0 = escape below, 1 + R_k + s for |s| <= R_k, 2 R_k + 2 = escape above.
+                   Then the escapes, in raster order, e = |s| - R_k - 1 >= 0, u = e + 1:
+                   nb = floor(log2 u) for every escape (Uniform(32)); then for nb = 1..31
+                   the low nb bits of u of the escapes with that nb (Uniform(2**nb),
+                   split into a 16-bit low part and a high part when nb > 16).
+                   Then END_MARKER.
+
+A decoder that reads anything inconsistent raises BitstreamError (never crashes).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import intnet
+from .errors import BitstreamError
+from .tables import CodecTables
+
+#: Largest |y symbol| the format can carry (escape code limit).
+MAX_ABS_SYMBOL = 2**30
+#: 16-bit marker closing every stream; catches desynchronised or corrupted streams.
+END_MARKER = 0xC0DE
+_NB_ALPHABET = 32
+
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)
+
+
+def _cs():
+    import constriction
+
+    return constriction.stream
+
+
+def _to_bytes(words: np.ndarray) -> bytes:
+    return np.asarray(words, dtype="<u4").tobytes()
+
+
+def _from_bytes(data: bytes, what: str) -> np.ndarray:
+    if len(data) % 4:
+        raise BitstreamError(f"{what} stream has {len(data)} bytes, not a multiple of 4")
+    if not data:
+        raise BitstreamError(f"{what} stream is empty")
+    return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+
+
+class EntropyCodec:
+    """Encodes/decodes (w_hat, y symbols) with the integer tables of one model."""
+
+    def __init__(self, tables: CodecTables):
+        cs = _cs()
+        self.tables = tables
+        self._Categorical = cs.model.Categorical
+        self._Uniform = cs.model.Uniform
+        self._queue = cs.queue
+        self.prior_models = [self._categorical(tables.prior_pmf(c)) for c in range(tables.hyper_channels)]
+        self.gauss_models = [self._categorical(tables.gauss_pmf(k)) for k in range(tables.num_scales)]
+        self.radius = tables.gauss_radius.astype(np.int64)
+        self._uniform = {}
+        # -log2 p of every (scale, table symbol) for rate estimates
+        width = int(2 * self.radius.max() + 3)
+        lp = np.full((tables.num_scales, width), np.inf)
+        for k in range(tables.num_scales):
+            p = tables.gauss_pmf(k)
+            lp[k, : len(p)] = tables.precision - np.log2(p)
+        self._gauss_bits = lp
+
+    def _categorical(self, pmf: np.ndarray):
+        return self._Categorical(pmf.astype(np.float64), perfect=False)
+
+    def _uni(self, n: int):
+        assert 2 <= n <= 2**16
+        m = self._uniform.get(n)
+        if m is None:
+            m = self._uniform[n] = self._Uniform(n)
+        return m
+
+    # quantisation helpers ------------------------------------------------------
+    def quantize_w(self, w: np.ndarray) -> np.ndarray:
+        """round(w) clamped to each channel's prior support: the w_hat every later
+        stage (hyper_mean, integer scale net, entropy coder) must use. w: (Nh, h, w)."""
+        w = np.asarray(w)
+        if w.ndim != 3 or w.shape[0] != self.tables.hyper_channels:
+            raise ValueError(f"w must have shape ({self.tables.hyper_channels}, h, w), got {w.shape}")
+        lo = self.tables.prior_lo.astype(np.float64)[:, None, None]
+        hi = lo + self.tables.prior_len[:, None, None] - 1
+        r = np.round(np.nan_to_num(w.astype(np.float64), nan=0.0))
+        return np.clip(r, lo, hi).astype(np.int32)
+
+    @staticmethod
+    def quantize_y(y: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """Symbols round(y - mu) as int32 (clamped to +-MAX_ABS_SYMBOL, NaN -> 0)."""
+        r = np.round(np.nan_to_num(np.asarray(y, np.float64) - np.asarray(mu, np.float64), nan=0.0))
+        return np.clip(r, -MAX_ABS_SYMBOL, MAX_ABS_SYMBOL).astype(np.int32)
+
+    def scale_indices(self, w_hat: np.ndarray) -> np.ndarray:
+        return intnet.scale_indices(self.tables, w_hat)
+
+    def y_shape_of(self, w_shape) -> tuple[int, int, int]:
+        _, h, w = w_shape
+        return (self.tables.latent_channels, 4 * h, 4 * w)
+
+    # encode --------------------------------------------------------------------
+    def encode(self, w_hat: np.ndarray, y_sym: np.ndarray, indices: np.ndarray | None = None) -> list[bytes]:
+        """-> [hyper stream, latent stream]. indices: precomputed scale_indices(w_hat)."""
+        w_hat = np.asarray(w_hat)
+        if indices is None:
+            indices = self.scale_indices(w_hat)  # validates w_hat
+        return [self.encode_w(w_hat), self.encode_y(y_sym, indices)]
+
+    def encode_w(self, w_hat: np.ndarray) -> bytes:
+        t = self.tables
+        w_hat = np.asarray(w_hat)
+        if w_hat.ndim != 3 or w_hat.shape[0] != t.hyper_channels or w_hat.dtype.kind not in "iu":
+            raise ValueError(f"w_hat must be integers of shape ({t.hyper_channels}, h, w), got {w_hat.dtype} {w_hat.shape}")
+        enc = self._queue.RangeEncoder()
+        for c in range(t.hyper_channels):
+            s = w_hat[c].ravel().astype(np.int64) - int(t.prior_lo[c])
+            if s.size:
+                if s.min() < 0 or s.max() >= t.prior_len[c]:
+                    raise ValueError(f"w_hat channel {c} outside the prior support; use quantize_w")
+                enc.encode(s.astype(np.int32), self.prior_models[c])
+        enc.encode(np.array([END_MARKER], np.int32), self._uni(2**16))
+        return _to_bytes(enc.get_compressed())
+
+    def _table_symbols(self, y_sym: np.ndarray, indices: np.ndarray):
+        idx = indices.ravel()
+        s = y_sym.ravel().astype(np.int64)
+        r = self.radius[idx]
+        t = np.clip(s, -r - 1, r + 1) + r + 1
+        esc = (s < -r) | (s > r)
+        e = np.abs(s[esc]) - r[esc] - 1
+        return idx, t, e
+
+    def encode_y(self, y_sym: np.ndarray, indices: np.ndarray) -> bytes:
+        y_sym = np.asarray(y_sym)
+        indices = np.asarray(indices)
+        if y_sym.shape != indices.shape:
+            raise ValueError(f"y symbols {y_sym.shape} and scale indices {indices.shape} differ in shape")
+        if y_sym.dtype.kind not in "iu":
+            raise ValueError(f"y symbols must be integers, got {y_sym.dtype}; use quantize_y")
+        if y_sym.size and np.abs(y_sym.astype(np.int64)).max() > MAX_ABS_SYMBOL:
+            raise ValueError(f"|y symbol| above {MAX_ABS_SYMBOL} cannot be coded")
+        idx, t, e = self._table_symbols(y_sym, indices)
+        enc = self._queue.RangeEncoder()
+        order = np.argsort(idx, kind="stable")
+        counts = np.bincount(idx, minlength=self.tables.num_scales)
+        ts = t[order].astype(np.int32)
+        off = 0
+        for k, n in enumerate(counts):
+            if n:
+                enc.encode(ts[off:off + n], self.gauss_models[k])
+                off += n
+        self._encode_escapes(enc, e)
+        enc.encode(np.array([END_MARKER], np.int32), self._uni(2**16))
+        return _to_bytes(enc.get_compressed())
+
+    def _encode_escapes(self, enc, e: np.ndarray) -> None:
+        if not e.size:
+            return
+        u = e.astype(np.int64) + 1
+        nb = np.floor(np.log2(u.astype(np.float64))).astype(np.int64)
+        nb += (u >> nb) >= 2  # exact floor(log2) despite float rounding
+        nb -= (u >> nb) < 1
+        enc.encode(nb.astype(np.int32), self._uni(_NB_ALPHABET))
+        for b in range(1, _NB_ALPHABET):
+            rem = u[nb == b] - (1 << b)
+            if not rem.size:
+                continue
+            if b <= 16:
+                enc.encode(rem.astype(np.int32), self._uni(1 << b))
+            else:
+                enc.encode((rem & 0xFFFF).astype(np.int32), self._uni(1 << 16))
+                enc.encode((rem >> 16).astype(np.int32), self._uni(1 << (b - 16)))
+
+    # decode --------------------------------------------------------------------
+    def decode(self, streams: list[bytes], w_shape, y_shape) -> tuple[np.ndarray, np.ndarray]:
+        """-> (w_hat int32 (Nh,h,w), y symbols int32 (M,4h,4w)); BitstreamError on bad data."""
+        if len(streams) != 2:
+            raise BitstreamError(f"expected 2 entropy-coded streams, found {len(streams)}")
+        w_shape = tuple(int(x) for x in w_shape)
+        y_shape = tuple(int(x) for x in y_shape)
+        if len(w_shape) != 3 or w_shape[0] != self.tables.hyper_channels:
+            raise BitstreamError(f"hyper-latent shape {w_shape} does not match the model ({self.tables.hyper_channels} channels)")
+        if y_shape != self.y_shape_of(w_shape):
+            raise BitstreamError(f"latent shape {y_shape} does not match hyper-latent shape {w_shape}")
+        w_hat = self.decode_w(streams[0], w_shape)
+        indices = self.scale_indices(w_hat)
+        return w_hat, self.decode_y(streams[1], indices)
+
+    def decode_w(self, data: bytes, w_shape) -> np.ndarray:
+        t = self.tables
+        nh, h, w = w_shape
+        out = np.empty((nh, h, w), np.int32)
+        dec = self._queue.RangeDecoder(_from_bytes(data, "hyper"))
+        try:
+            for c in range(nh):
+                if h * w:
+                    out[c] = (dec.decode(self.prior_models[c], h * w) + int(t.prior_lo[c])).reshape(h, w)
+            marker = int(dec.decode(self._uni(2**16)))
+        except _FATAL:
+            raise
+        except BaseException as e:  # noqa: BLE001 - constriction raises AssertionError/PanicException
+            raise BitstreamError(f"hyper stream is corrupted ({type(e).__name__})") from None
+        if marker != END_MARKER:
+            raise BitstreamError("hyper stream is corrupted (end marker mismatch)")
+        return out
+
+    def decode_y(self, data: bytes, indices: np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices).ravel()
+        n_scales = self.tables.num_scales
+        dec = self._queue.RangeDecoder(_from_bytes(data, "latent"))
+        order = np.argsort(idx, kind="stable")
+        counts = np.bincount(idx, minlength=n_scales)
+        ts = np.empty(idx.size, np.int64)
+        try:
+            off = 0
+            for k, n in enumerate(counts):
+                if n:
+                    ts[off:off + n] = dec.decode(self.gauss_models[k], int(n))
+                    off += n
+            t = np.empty(idx.size, np.int64)
+            t[order] = ts
+            r = self.radius[idx]
+            s = t - r - 1
+            lo_esc = t == 0
+            hi_esc = t == 2 * r + 2
+            esc = lo_esc | hi_esc
+            n_esc = int(esc.sum())
+            if n_esc:
+                e = self._decode_escapes(dec, n_esc)
+                mag = e + r[esc] + 1
+                if mag.max() > MAX_ABS_SYMBOL:
+                    raise BitstreamError(f"latent stream is corrupted (escaped value above {MAX_ABS_SYMBOL})")
+                s[esc] = np.where(lo_esc[esc], -mag, mag)
+            marker = int(dec.decode(self._uni(2**16)))
+        except (_FATAL + (BitstreamError,)):
+            raise
+        except BaseException as e:  # noqa: BLE001
+            raise BitstreamError(f"latent stream is corrupted ({type(e).__name__})") from None
+        if marker != END_MARKER:
+            raise BitstreamError("latent stream is corrupted (end marker mismatch)")
+        return s.astype(np.int32).reshape(np.shape(indices))
+
+    def _decode_escapes(self, dec, n: int) -> np.ndarray:
+        nb = dec.decode(self._uni(_NB_ALPHABET), n).astype(np.int64)
+        u = np.ones(n, np.int64) << nb
+        for b in range(1, _NB_ALPHABET):
+            sel = nb == b
+            m = int(sel.sum())
+            if not m:
+                continue
+            if b <= 16:
+                rem = dec.decode(self._uni(1 << b), m).astype(np.int64)
+            else:
+                low = dec.decode(self._uni(1 << 16), m).astype(np.int64)
+                rem = low | (dec.decode(self._uni(1 << (b - 16)), m).astype(np.int64) << 16)
+            u[sel] += rem
+        return u - 1
+
+    # rates ---------------------------------------------------------------------
+    def estimate_bits(self, w_hat: np.ndarray, y_sym: np.ndarray, indices: np.ndarray | None = None) -> dict[str, float]:
+        """Ideal code length (bits) under the integer tables: {'w', 'y', 'total'}."""
+        t = self.tables
+        if indices is None:
+            indices = self.scale_indices(w_hat)
+        wb = 0.0
+        for c in range(t.hyper_channels):
+            p = t.prior_pmf(c)
+            s = np.asarray(w_hat[c]).ravel().astype(np.int64) - int(t.prior_lo[c])
+            wb += float((t.precision - np.log2(p[s])).sum())
+        idx, ts, e = self._table_symbols(np.asarray(y_sym), np.asarray(indices))
+        yb = float(self._gauss_bits[idx, ts].sum())
+        if e.size:
+            yb += float((np.log2(_NB_ALPHABET) + np.floor(np.log2(e + 1.0))).sum())
+        return {"w": wb, "y": yb, "total": wb + yb}

@@ -1,0 +1,742 @@
+"""Build TensorRT engines from the exported ONNX graphs (``ilc-export trt``).
+
+One code path serves TensorRT 10 (JetPack 6, weakly typed), TensorRT 11 (JetPack 7) and
+TensorRT for RTX (strongly typed); see :mod:`.trt_flavours` for what differs.
+
+Precision policy (fp16 builds), checked before every build from the parsed network:
+
+* ``hyper_mean`` is built in fp32 (mu moves every dequantised latent);
+* in the other graphs the couplings' Sigmoid and Exp run in fp32: TensorRT 10 gets per-layer
+  fp32 constraints on them and on the elementwise layers between them; strongly typed
+  flavours get them from the fp16 ONNX graph's fp32 islands and only verify.
+
+A layer that must stay fp32 but would not makes the build fail (``check="error"``) with the
+layer names. Where an engine can be deserialised (a GPU it was built for), the engine
+inspector's view is recorded as well; on a CPU-only machine that part is skipped and says so.
+
+Without a GPU, only ``tensorrt_rtx`` can build ("CPU-only AOT"): it targets the compute
+capabilities given (default SM86 and SM89: RTX 30xx/A-series Ampere and RTX 40xx Ada).
+Full TensorRT always builds for the GPU it runs on.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import cuda_probe
+from .trt_flavours import FP32_GRAPHS, Flavour, FlavourError, detect, normalise_cc
+
+GRAPH_NAMES = ("forward", "hyper_mean", "inverse")
+MANIFEST = "manifest.json"
+FORMAT = "ilc-trt-engines"
+FORMAT_VERSION = 1
+
+#: image-space (batch, height, width) of the default optimisation profile
+DEFAULT_MIN_SHAPE = (1, 64, 64)
+DEFAULT_OPT_SHAPE = (1, 1088, 1920)  # 1080p padded to a multiple of 64
+DEFAULT_MAX_SHAPE = (1, 2176, 3840)  # 4K UHD padded
+#: CPU-only AOT targets of tensorrt_rtx when none are given
+DEFAULT_CCS = ("SM86", "SM89")
+
+
+class BuildError(RuntimeError):
+    """An engine could not be built (bad input, unsupported option, builder failure)."""
+
+
+class OnnxParseError(BuildError):
+    """The ONNX parser rejected a graph; the message names the file and the nodes."""
+
+
+class PrecisionCheckError(BuildError):
+    """Layers that must stay fp32 would run in lower precision."""
+
+
+# --------------------------------------------------------------------------- shapes
+def _model_scales() -> dict[str, int]:
+    """Input name -> spatial divisor relative to the (padded) image."""
+    from ilc_reference.config import HYPER_DOWNSAMPLE, LEVELS  # torch-free module
+
+    s = 2**LEVELS
+    return {"image": 1, "y": s, "y_hat": s, "z": s, "w": s * HYPER_DOWNSAMPLE, "w_hat": s * HYPER_DOWNSAMPLE}
+
+
+def parse_shape(shape: str | Iterable[int]) -> tuple[int, int, int]:
+    """'1088x1920', '2x1088x1920' or (B, H, W) / (H, W) -> (B, H, W); H, W multiples of 64."""
+    from ilc_reference.config import PAD_MULTIPLE
+
+    if isinstance(shape, str):
+        parts = [p for p in re.split(r"[x,\s]+", shape.strip().lower()) if p]
+        try:
+            dims = [int(p) for p in parts]
+        except ValueError:
+            raise BuildError(f"bad shape {shape!r}: write HxW or BxHxW, e.g. 1088x1920 or 1x1088x1920") from None
+    else:
+        dims = [int(d) for d in shape]
+    if len(dims) == 2:
+        dims = [1, *dims]
+    if len(dims) != 3 or min(dims) < 1:
+        raise BuildError(f"bad shape {shape!r}: write HxW or BxHxW with positive sizes")
+    b, h, w = dims
+    if h % PAD_MULTIPLE or w % PAD_MULTIPLE:
+        raise BuildError(
+            f"shape {b}x{h}x{w}: height and width must be multiples of {PAD_MULTIPLE} "
+            f"(images are padded to that; e.g. 1080 -> 1088)"
+        )
+    return b, h, w
+
+
+def format_shape(bhw) -> str:
+    return "x".join(str(int(d)) for d in bhw)
+
+
+def input_shape(name: str, channels: int, bhw: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """(B, C, h, w) of graph input `name` for an image batch of shape (B, H, W)."""
+    scales = _model_scales()
+    if name not in scales:
+        raise BuildError(f"graph input {name!r} has no known size relation to the image ({', '.join(scales)})")
+    b, h, w = bhw
+    s = scales[name]
+    return (b, channels, h // s, w // s)
+
+
+# --------------------------------------------------------------------------- files
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def load_onnx_manifest(onnx_dir: Path) -> dict:
+    p = Path(onnx_dir) / MANIFEST
+    if not p.exists():
+        return {}
+    try:
+        m = json.loads(p.read_text())
+    except ValueError as e:
+        raise BuildError(f"{p}: not valid JSON ({e})") from e
+    if m.get("format") == FORMAT:
+        raise BuildError(f"{onnx_dir} holds TensorRT engines, not ONNX graphs")
+    return m
+
+
+def _strings(obj) -> Iterable[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _strings(v)
+
+
+def find_onnx(onnx_dir: Path, graph: str, fp16: bool, manifest: dict | None = None) -> Path:
+    """The ONNX file of `graph` (its fp16 variant if `fp16`) in an export folder."""
+    onnx_dir = Path(onnx_dir)
+    manifest = manifest if manifest is not None else load_onnx_manifest(onnx_dir)
+    if fp16:
+        names = [f"{graph}.fp16.onnx", f"{graph}_fp16.onnx", f"fp16/{graph}.onnx"]
+        # whatever the manifest names: a .onnx path mentioning the graph and fp16
+        names += [s for s in _strings(manifest.get("graphs", manifest)) if s.endswith(".onnx") and "fp16" in s
+                  and Path(s).name.split(".")[0].replace("_fp16", "") == graph]
+    else:
+        names = [f"{graph}.onnx"]
+    for n in names:
+        if (onnx_dir / n).is_file():
+            return onnx_dir / n
+    what = "fp16 ONNX graph" if fp16 else "ONNX graph"
+    hint = " (export with --fp16)" if fp16 else ""
+    raise BuildError(f"no {what} for {graph!r} in {onnx_dir}{hint}; looked for {', '.join(dict.fromkeys(names))}")
+
+
+# --------------------------------------------------------------------------- TensorRT plumbing
+def _make_logger(trt):
+    class _Logger(trt.ILogger):
+        """Keeps TensorRT's messages (shown in errors) instead of printing them."""
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[str, str]] = []
+            self.verbose = bool(os.environ.get("ILC_TRT_VERBOSE"))
+
+        def log(self, severity, msg):
+            sev = str(severity).split(".")[-1]
+            self.messages.append((sev, msg))
+            if self.verbose:
+                print(f"[TRT {sev}] {msg}")
+
+        def errors(self) -> list[str]:
+            return [m for s, m in self.messages if s in ("ERROR", "INTERNAL_ERROR")]
+
+    return _Logger()
+
+
+def _make_monitor(trt, emit: Callable[[dict], None], graph: str, cancel: threading.Event):
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            emit({"event": "phase_start", "graph": graph, "phase": phase_name, "parent": parent_phase,
+                  "steps": int(num_steps)})
+
+        def phase_finish(self, phase_name):
+            emit({"event": "phase_finish", "graph": graph, "phase": phase_name})
+
+        def step_complete(self, phase_name, step):
+            emit({"event": "step", "graph": graph, "phase": phase_name, "step": int(step)})
+            return not cancel.is_set()
+
+    return _Monitor()
+
+
+def parse_onnx(flavour: Flavour, builder, logger, path: Path, strongly_typed: bool):
+    """Parse an ONNX file into a new network; OnnxParseError names the file and failing nodes."""
+    trt = flavour.trt
+    path = Path(path)
+    if not path.is_file():
+        raise BuildError(f"ONNX file not found: {path}")
+    network = flavour.create_network(builder, strongly_typed)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse_from_file(str(path))
+    if ok and parser.num_errors == 0:
+        return network, parser
+    lines = []
+    for i in range(parser.num_errors):
+        e = parser.get_error(i)
+        node = getattr(e, "node_name", lambda: "")() or ""
+        op = getattr(e, "node_operator", lambda: "")() or ""
+        idx = e.node()
+        where = f"node {node!r}" if node else (f"node #{idx}" if idx >= 0 else "model")
+        if op:
+            where += f" ({op})"
+        lines.append(f"  {where}: {e.code().name}: {e.desc()}")
+    if not lines:
+        lines = [f"  {m}" for m in logger.errors()[-5:]] or ["  (no details from the parser)"]
+    hint = ""
+    if any("MODEL_DESERIALIZE" in ln for ln in lines):
+        hint = "\n  the file is not a readable ONNX model (truncated or corrupt?): re-export it"
+    raise OnnxParseError(f"TensorRT's ONNX parser rejected {path}:\n" + "\n".join(lines) + hint)
+
+
+def _float_outputs(flavour: Flavour, layer) -> list:
+    trt = flavour.trt
+    floats = {trt.float32, trt.float16, getattr(trt, "bfloat16", trt.float32)}
+    return [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in floats]
+
+
+def _graph_maps(network):
+    producer, consumers = {}, {}
+    for i in range(network.num_layers):
+        L = network.get_layer(i)
+        for j in range(L.num_outputs):
+            producer[L.get_output(j).name] = i
+        for j in range(L.num_inputs):
+            t = L.get_input(j)
+            if t is not None:
+                consumers.setdefault(t.name, []).append(i)
+    return producer, consumers
+
+
+def sensitive_layers(flavour: Flavour, network, graph: str) -> tuple[set[int], set[int]]:
+    """(must_fp32, island): layer indices that must run fp32, and the wider set TensorRT 10 pins.
+
+    must_fp32: every float layer of the FP32_GRAPHS; elsewhere each Sigmoid and Exp.
+    island: must_fp32 plus the elementwise/unary layers on a path from a Sigmoid to an Exp
+    (s = c * (2 * sigmoid(h) - 1); exp(s) or exp(-s)).
+    """
+    trt = flavour.trt
+    n = network.num_layers
+    if graph in FP32_GRAPHS:
+        every = {i for i in range(n) if _float_outputs(flavour, network.get_layer(i))}
+        return every, every
+    ops = {i: flavour.layer_op(network.get_layer(i)) for i in range(n)}
+    sig = {i for i, o in ops.items() if o == "Sigmoid"}
+    exp = {i for i, o in ops.items() if o == "Exp"}
+    must = sig | exp
+    _, consumers = _graph_maps(network)
+    passable = (trt.LayerType.ELEMENTWISE, trt.LayerType.UNARY, trt.LayerType.SHUFFLE, trt.LayerType.CAST)
+    island = set(must)
+
+    def walk(i, path):
+        L = network.get_layer(i)
+        for j in range(L.num_outputs):
+            for c in consumers.get(L.get_output(j).name, []):
+                if c in exp:
+                    island.update(path)
+                elif c not in path and network.get_layer(c).type in passable and len(path) < 12:
+                    walk(c, path | {c})
+
+    for s in sig:
+        walk(s, set())
+    return must, island
+
+
+def apply_fp32_constraints(flavour: Flavour, network, layers: set[int]) -> int:
+    """TensorRT 10: pin these layers (and their float outputs) to fp32. Returns how many."""
+    trt = flavour.trt
+    for i in layers:
+        L = network.get_layer(i)
+        if L.type in (trt.LayerType.SHAPE, trt.LayerType.CONSTANT):
+            continue
+        L.precision = trt.float32
+        for j in _float_outputs(flavour, L):
+            L.set_output_type(j, trt.float32)
+    return len(layers)
+
+
+def layer_precision_report(flavour: Flavour, network, graph: str, fp16: bool, typing: str) -> dict:
+    """Each layer's (planned) precision from the parsed network, and the fp32 check.
+
+    strong typing: the precision is the network's own tensor types (what the engine runs);
+    weak typing: 'fp32' where constrained, 'fp16|fp32' where the builder may choose (FP16 flag).
+    """
+    trt = flavour.trt
+    must, _ = sensitive_layers(flavour, network, graph)
+    rows, violations, counts = [], [], {}
+    for i in range(network.num_layers):
+        L = network.get_layer(i)
+        fo = _float_outputs(flavour, L)
+        out_types = [flavour.dtype_name(L.get_output(j).dtype) for j in range(L.num_outputs)]
+        if typing == "strong" or not fp16:
+            prec = flavour.dtype_name(L.get_output(fo[0]).dtype) if fo else (out_types[0] if out_types else "-")
+            ok = not fo or all(L.get_output(j).dtype == trt.float32 for j in fo)
+        else:
+            pinned = bool(getattr(L, "precision_is_set", False)) and L.precision == trt.float32 and all(
+                L.output_type_is_set(j) and L.get_output_type(j) == trt.float32 for j in fo
+            )
+            prec = "fp32" if (pinned or not fo) else "fp16|fp32"
+            if not fo:
+                prec = out_types[0] if out_types else "-"
+            ok = pinned or not fo
+        row = {"index": i, "name": L.name, "op": flavour.layer_op(L), "precision": prec, "outputs": out_types}
+        if i in must:
+            row["must_fp32"] = True
+            if not ok:
+                violations.append(L.name)
+        counts[prec] = counts.get(prec, 0) + 1
+        rows.append(row)
+    return {
+        "graph": graph,
+        "source": "parsed network (before build)",
+        "typing": typing,
+        "counts": counts,
+        "must_fp32": len(must),
+        "violations": violations,
+        "ok": not violations,
+        "layers": rows,
+    }
+
+
+def inspect_engine(flavour: Flavour, engine_bytes, targets: list[str], graph: str, device: int = 0) -> dict:
+    """The engine inspector's view of layer precisions, where this machine can deserialise it."""
+    cc = cuda_probe.compute_capability(device)
+    if cc is None:
+        return {"available": False, "reason": "no CUDA GPU on the build machine: engine not deserialised"}
+    if targets and cc not in targets:
+        return {"available": False, "reason": f"this GPU is {cc}; the engine targets {', '.join(targets)}"}
+    trt = flavour.trt
+    logger = _make_logger(trt)
+    try:
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(engine_bytes)
+        if engine is None:
+            return {"available": False, "reason": "deserialisation failed: " + "; ".join(logger.errors()[-3:])}
+        insp = engine.create_engine_inspector()
+        info = json.loads(insp.get_engine_information(trt.LayerInformationFormat.JSON))
+    except Exception as e:  # never let the inspector break a good build
+        return {"available": False, "reason": f"inspector failed: {e}"}
+    layers = info.get("Layers", [])
+    out, bad = [], []
+    for L in layers:
+        if not isinstance(L, dict):
+            out.append({"name": str(L)})
+            continue
+        name = L.get("Name", "")
+        fmts = [o.get("Format/Datatype", "") for o in L.get("Outputs", [])]
+        half = any(("Half" in f or "FP16" in f.upper()) for f in fmts)
+        out.append({"name": name, "outputs": fmts})
+        if (graph in FP32_GRAPHS or re.search(r"(Sigmoid|/Exp)\b", name)) and half:
+            bad.append(name)
+    return {"available": True, "device_cc": cc, "layers": out, "violations": bad, "ok": not bad}
+
+
+# --------------------------------------------------------------------------- progress
+class _RichProgress:
+    """Default display: one bar per build, the current builder phase beside it."""
+
+    def __init__(self, total: int):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.p = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[graph]:<11}"), BarColumn(),
+                          TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), console=self.console,
+                          transient=False)
+        self.total = total
+        self.tasks: dict[str, int] = {}
+        self.depth: dict[str, list[str]] = {}
+
+    def __enter__(self):
+        self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.p.__exit__(*exc)
+
+    def __call__(self, ev: dict):
+        g = ev.get("graph", "")
+        kind = ev["event"]
+        if kind == "graph_start":
+            self.tasks[g] = self.p.add_task("", total=1.0, graph=g, phase="parsing")
+            self.depth[g] = []
+        elif kind == "phase_start" and g in self.tasks:
+            self.depth[g].append(ev["phase"])
+            self.p.update(self.tasks[g], phase=" > ".join(self.depth[g][-2:]))
+            if ev.get("parent") is None:
+                self.top_steps = max(1, ev.get("steps", 1))
+        elif kind == "step" and g in self.tasks and self.depth[g] and ev["phase"] == self.depth[g][0]:
+            self.p.update(self.tasks[g], completed=min(1.0, (ev["step"] + 1) / getattr(self, "top_steps", 1)))
+        elif kind == "phase_finish" and g in self.tasks:
+            if self.depth[g] and self.depth[g][-1] == ev["phase"]:
+                self.depth[g].pop()
+            self.p.update(self.tasks[g], phase=" > ".join(self.depth[g][-2:]))
+        elif kind == "graph_done" and g in self.tasks:
+            self.p.update(self.tasks[g], completed=1.0,
+                          phase=f"{ev['build_s']:.1f} s, {ev['bytes'] / 2**20:.1f} MiB, {ev['precision']}")
+        elif kind == "message":
+            self.console.print(ev["text"])
+
+
+# --------------------------------------------------------------------------- the build
+def build_engines(
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    fp16: bool = False,
+    min_shape=DEFAULT_MIN_SHAPE,
+    opt_shape=DEFAULT_OPT_SHAPE,
+    max_shape=DEFAULT_MAX_SHAPE,
+    timing_cache: str | Path | None = None,
+    compute_capabilities: Iterable[str] | None = None,
+    workspace: int | None = None,
+    progress: Callable[[dict], None] | bool | None = None,
+    *,
+    graphs: Iterable[str] = GRAPH_NAMES,
+    flavour: Flavour | str | None = None,
+    keep_fp32: bool = True,
+    check: str = "error",
+) -> Path:
+    """Build one engine per graph of an ONNX export folder into `out_dir`; returns the manifest path.
+
+    Shapes are image-space (B, H, W) or 'BxHxW'/'HxW' strings; each graph input gets the matching
+    profile (latents at /16, hyper-latents at /64). `compute_capabilities`: targets for
+    tensorrt_rtx (default SM86, SM89); with full TensorRT, None (= the local GPU) or exactly
+    the local GPU's. `workspace`: builder workspace limit in bytes. `progress`: None shows a rich
+    progress display on stderr, False nothing, a callable gets event dicts. `keep_fp32=False`
+    drops the fp32 policy (hyper_mean fp32, TensorRT 10 constraints) and exists to show that the
+    precision check catches it. `check`: 'error' (raise PrecisionCheckError), 'warn' or 'off'.
+    """
+    t_all = time.perf_counter()
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    if check not in ("error", "warn", "off"):
+        raise BuildError(f"check must be 'error', 'warn' or 'off', not {check!r}")
+    try:
+        fl = flavour if isinstance(flavour, Flavour) else detect(flavour)
+    except FlavourError as e:
+        raise BuildError(str(e)) from e
+    trt = fl.trt
+    shapes = {"min": parse_shape(min_shape), "opt": parse_shape(opt_shape), "max": parse_shape(max_shape)}
+    for k in range(3):
+        if not shapes["min"][k] <= shapes["opt"][k] <= shapes["max"][k]:
+            raise BuildError(
+                "profile must satisfy min <= opt <= max in every dimension; got "
+                + ", ".join(f"{n} {format_shape(s)}" for n, s in shapes.items())
+            )
+    graphs = tuple(graphs)
+    unknown = set(graphs) - set(GRAPH_NAMES)
+    if unknown:
+        raise BuildError(f"unknown graphs {sorted(unknown)}; the export has {', '.join(GRAPH_NAMES)}")
+    onnx_manifest = load_onnx_manifest(onnx_dir)
+
+    # targets
+    local_cc = None
+    if fl.supports_target_cc:
+        targets = [normalise_cc(c) for c in (compute_capabilities or DEFAULT_CCS)]
+    else:
+        local_cc = cuda_probe.compute_capability(0)
+        if local_cc is None:
+            raise BuildError(
+                f"{fl.describe()} needs a CUDA GPU to build (it builds for the GPU it runs on); "
+                "on a machine without one install tensorrt-rtx-cu12 for CPU-only AOT builds"
+            )
+        asked = [normalise_cc(c) for c in (compute_capabilities or [local_cc])]
+        if asked != [local_cc]:
+            raise BuildError(
+                f"{fl.describe()} builds for the local GPU ({local_cc}) only; asked for {', '.join(asked)}. "
+                "Build on the target device instead"
+            )
+        targets = [local_cc]
+
+    # files to build
+    plan = []
+    for g in graphs:
+        g_fp16 = fp16 and (g not in FP32_GRAPHS or not keep_fp32)
+        use_fp16_onnx = g_fp16 and fl.typing == "strong"
+        path = find_onnx(onnx_dir, g, use_fp16_onnx, onnx_manifest)
+        plan.append((g, g_fp16, path))
+
+    emit: Callable[[dict], None]
+    display = None
+    if progress is None:
+        display = _RichProgress(len(plan))
+        emit = display
+    elif progress is False:
+        emit = lambda ev: None  # noqa: E731
+    else:
+        emit = progress
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # a half-rebuilt folder must not look complete: the manifest goes first and comes back last
+    with contextlib.suppress(FileNotFoundError):
+        (out_dir / MANIFEST).unlink()
+
+    logger = _make_logger(trt)
+    builder = trt.Builder(logger)
+    cache = None
+    cache_note = None
+    if timing_cache is not None and not fl.supports_timing_cache:
+        cache_note = f"{fl.name} {fl.version} has no timing cache (its calls are no-ops); ignored"
+
+    engines: dict[str, dict] = {}
+    cancel = threading.Event()
+    with display if display is not None else contextlib.nullcontext():
+        if cache_note:
+            emit({"event": "message", "text": f"[yellow]note:[/] {cache_note}"})
+        for g, g_fp16, path in plan:
+            emit({"event": "graph_start", "graph": g, "onnx": str(path)})
+            logger.messages.clear()
+            typing = fl.typing
+            network, _parser = parse_onnx(fl, builder, logger, path, strongly_typed=(typing == "strong"))
+            config = builder.create_builder_config()
+            if typing == "weak" and g_fp16:
+                fl.enable_weak_fp16(config)
+                if keep_fp32:
+                    _, island = sensitive_layers(fl, network, g)
+                    apply_fp32_constraints(fl, network, island)
+            report = layer_precision_report(fl, network, g, g_fp16, typing)
+            if fp16 and not report["ok"] and check != "off":
+                msg = (
+                    f"{g}: {len(report['violations'])} layer(s) that must stay fp32 would not: "
+                    + ", ".join(report["violations"][:8])
+                    + (" ..." if len(report["violations"]) > 8 else "")
+                    + (
+                        f"\n  the fp16 ONNX graph {path.name} lacks fp32 islands there (re-export it)"
+                        if typing == "strong" and keep_fp32
+                        else ""
+                    )
+                )
+                if check == "error":
+                    raise PrecisionCheckError(msg)
+                emit({"event": "message", "text": f"[red]precision check failed:[/] {msg}"})
+            # targets, profile, memory, cache, progress
+            if fl.supports_target_cc:
+                fl.set_target_ccs(config, targets)
+            profile = builder.create_optimization_profile()
+            prof_record = {}
+            for i in range(network.num_inputs):
+                t = network.get_input(i)
+                dims = tuple(t.shape)
+                if len(dims) != 4 or dims[1] < 0:
+                    raise BuildError(f"{path.name}: input {t.name!r} has shape {dims}; expected (B, C, H, W), C fixed")
+                mm = {k: input_shape(t.name, dims[1], s) for k, s in shapes.items()}
+                for k, s in mm.items():
+                    for d, (want, have) in enumerate(zip(s, dims)):
+                        if have >= 0 and have != want:
+                            raise BuildError(
+                                f"{path.name}: input {t.name!r} has a fixed dimension {d} = {have}, but the "
+                                f"{k} profile needs {want}; export the graph with dynamic batch/height/width"
+                            )
+                profile.set_shape(t.name, mm["min"], mm["opt"], mm["max"])
+                prof_record[t.name] = {k: list(v) for k, v in mm.items()}
+            config.add_optimization_profile(profile)
+            if workspace:
+                config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+            with contextlib.suppress(AttributeError, TypeError):
+                config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for the inspector
+            if timing_cache is not None and fl.supports_timing_cache:
+                if cache is None:
+                    tc = Path(timing_cache)
+                    cache = config.create_timing_cache(tc.read_bytes() if tc.exists() else b"")
+                config.set_timing_cache(cache, ignore_mismatch=False)
+            monitor = None
+            if hasattr(config, "progress_monitor"):
+                monitor = _make_monitor(trt, emit, g, cancel)
+                config.progress_monitor = monitor
+            t0 = time.perf_counter()
+            blob = builder.build_serialized_network(network, config)
+            build_s = time.perf_counter() - t0
+            if blob is None:
+                errs = "\n  ".join(logger.errors()[-10:]) or "(no message)"
+                raise BuildError(f"TensorRT could not build {g} from {path.name}:\n  {errs}")
+            engine_file = out_dir / f"{g}.engine"
+            atomic_write(engine_file, memoryview(blob))
+            size = engine_file.stat().st_size
+            inspection = inspect_engine(fl, blob, targets, g)
+            if inspection.get("available") and not inspection["ok"] and fp16 and check != "off":
+                msg = f"{g}: the engine runs these fp32-required layers in fp16: {', '.join(inspection['violations'][:8])}"
+                if check == "error":
+                    engine_file.unlink()
+                    raise PrecisionCheckError(msg)
+                emit({"event": "message", "text": f"[red]precision check failed:[/] {msg}"})
+            atomic_write(out_dir / f"{g}.layers.json",
+                         (json.dumps({"parsed": report, "engine": inspection}, indent=1) + "\n").encode())
+            del blob
+            io = {}
+            for i in range(network.num_inputs):
+                t = network.get_input(i)
+                io[t.name] = {"mode": "input", "dtype": fl.dtype_name(t.dtype), "shape": list(t.shape)}
+            for i in range(network.num_outputs):
+                t = network.get_output(i)
+                io[t.name] = {"mode": "output", "dtype": fl.dtype_name(t.dtype), "shape": list(t.shape)}
+            engines[g] = {
+                "file": engine_file.name,
+                "bytes": size,
+                "sha256": sha256_file(engine_file),
+                "build_s": round(build_s, 3),
+                "precision": "fp16" if g_fp16 else "fp32",
+                "onnx": {"file": path.name, "sha256": sha256_file(path)},
+                "profile": prof_record,
+                "tensors": io,
+                "layers": {
+                    "file": f"{g}.layers.json",
+                    "counts": report["counts"],
+                    "must_fp32": report["must_fp32"],
+                    "fp32_check": "passed" if report["ok"] else "FAILED: " + ", ".join(report["violations"][:20]),
+                    "engine_inspector": "checked" if inspection.get("available") else inspection["reason"],
+                },
+            }
+            emit({"event": "graph_done", "graph": g, "build_s": build_s, "bytes": size,
+                  "precision": engines[g]["precision"], "fp32_check": report["ok"]})
+            del network, _parser, config, monitor
+
+    if cache is not None:
+        atomic_write(Path(timing_cache), memoryview(cache.serialize()))
+
+    copied = _copy_model_files(onnx_dir, out_dir, onnx_manifest)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_id": onnx_manifest.get("model_id"),
+        "config": onnx_manifest.get("config"),
+        "flavour": fl.name,
+        "trt_version": fl.version,
+        "typing": fl.typing,
+        "compute_capabilities": targets,
+        "precision": "fp16" if fp16 else "fp32",
+        "fp32_policy": {"graphs": list(FP32_GRAPHS), "ops": ["Sigmoid", "Exp"], "applied": keep_fp32},
+        "profile": {k: list(v) for k, v in shapes.items()},  # image-space (B, H, W)
+        "workspace_bytes": workspace,
+        "timing_cache": (str(timing_cache) if cache is not None else cache_note),
+        "engines": engines,
+        "onnx_dir": str(onnx_dir),
+        "onnx_manifest": "onnx_manifest.json" if (onnx_dir / MANIFEST).exists() else None,
+        "tables": copied.get("tables"),
+        "build": {
+            "host": platform.node(),
+            "platform": platform.platform(),
+            "gpu": cuda_probe.device_name(0) if local_cc or cuda_probe.device_count() else None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "total_s": round(time.perf_counter() - t_all, 3),
+        },
+    }
+    atomic_write(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return out_dir / MANIFEST
+
+
+def _copy_model_files(onnx_dir: Path, out_dir: Path, onnx_manifest: dict) -> dict:
+    """Carry the ONNX manifest and the codec tables next to the engines (ilc-run needs both)."""
+    out = {}
+    if (onnx_dir / MANIFEST).exists():
+        shutil.copyfile(onnx_dir / MANIFEST, out_dir / "onnx_manifest.json")
+    tables = onnx_manifest.get("tables")
+    if isinstance(tables, dict):
+        tables = tables.get("file") or tables.get("path")
+    cands = [onnx_dir / tables] if isinstance(tables, str) else sorted(onnx_dir.glob("*.safetensors"))
+    for c in cands:
+        if c.is_file():
+            shutil.copyfile(c, out_dir / c.name)
+            out["tables"] = c.name
+            break
+    return out
+
+
+def build_from_checkpoint(ckpt: str | Path, out_dir: str | Path, fp16: bool = False, onnx_dir: str | Path | None = None,
+                          **kw) -> Path:
+    """Export `ckpt` to ONNX (into onnx_dir or out_dir/onnx), then build its engines."""
+    from .onnx_export import export_onnx  # needs torch
+
+    out_dir = Path(out_dir)
+    onnx_dir = Path(onnx_dir) if onnx_dir else out_dir / "onnx"
+    export_onnx(Path(ckpt), onnx_dir, fp16=fp16)
+    return build_engines(onnx_dir, out_dir, fp16=fp16, **kw)
+
+
+# --------------------------------------------------------------------------- CLI helpers
+def parse_size(s: str | int | None) -> int | None:
+    """'2G', '512MiB', '1073741824' -> bytes."""
+    if s is None or isinstance(s, int):
+        return s
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", str(s).lower())
+    if not m:
+        raise BuildError(f"bad size {s!r}: write e.g. 2G, 512M or a byte count")
+    mult = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2)]
+    return int(float(m.group(1)) * mult)
+
+
+def summary_table(manifest_path: Path):
+    """A rich Table of a finished build: graph, precision, build time, size, fp32 check."""
+    from rich.table import Table
+
+    m = json.loads(Path(manifest_path).read_text())
+    t = Table(title=f"{m['flavour']} {m['trt_version']}  targets {', '.join(m['compute_capabilities'])}  "
+                    f"profile {format_shape(m['profile']['min'])} .. {format_shape(m['profile']['opt'])} .. "
+                    f"{format_shape(m['profile']['max'])} (BxHxW)")
+    for c in ("graph", "precision", "build s", "engine MiB", "layers", "fp32 check"):
+        t.add_column(c)
+    for g, e in m["engines"].items():
+        t.add_row(g, e["precision"], f"{e['build_s']:.2f}", f"{e['bytes'] / 2**20:.2f}",
+                  " ".join(f"{k}:{v}" for k, v in sorted(e["layers"]["counts"].items())),
+                  e["layers"]["fp32_check"])
+    return t

@@ -1,0 +1,202 @@
+"""Which TensorRT is installed, and how each one does the things the builder needs.
+
+Three flavours share one API shape (``Builder``, ``OnnxParser``, ``IBuilderConfig``...):
+
+=================  ===========  ==========================================================
+flavour            typing       fp16
+=================  ===========  ==========================================================
+tensorrt 10        weak         fp32 ONNX + ``BuilderFlag.FP16`` + per-layer fp32
+(JetPack 6)                     constraints (``layer.precision``, ``set_output_type``,
+                                ``OBEY_PRECISION_CONSTRAINTS``) on the sensitive layers
+tensorrt 11        strong only  the fp16 ONNX graph (fp32 islands inside it), built as is
+(JetPack 7)
+tensorrt_rtx       strong only  as tensorrt 11; builds on a CPU-only machine for explicit
+(RTX PCs, CI)                   target compute capabilities (``ComputeCapability.SM86``...)
+=================  ===========  ==========================================================
+
+`detect()` picks one (``ILC_TRT_FLAVOUR=tensorrt|tensorrt_rtx`` forces the choice); the rest of
+the toolkit talks to the returned :class:`Flavour` and never imports a TensorRT module itself.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass, field
+from types import ModuleType
+
+#: import names, in order of preference when both are installed
+MODULES = ("tensorrt", "tensorrt_rtx")
+
+#: graphs built in fp32 even in fp16 builds (mu feeds the quantiser: y_hat = round(y - mu) + mu)
+FP32_GRAPHS = ("hyper_mean",)
+
+
+class FlavourError(RuntimeError):
+    """No usable TensorRT, or the installed one cannot do what was asked."""
+
+
+def normalise_cc(cc: str | int) -> str:
+    """'SM86', 'sm_86', '86', '8.6', 86 -> 'SM86'."""
+    s = str(cc).strip().upper().replace("_", "")
+    m = re.fullmatch(r"(?:SM)?(\d+)(?:\.(\d+))?", s)
+    if not m:
+        raise FlavourError(f"not a compute capability: {cc!r} (write e.g. SM86, 8.6 or 86)")
+    return f"SM{m.group(1)}{m.group(2) or ''}"
+
+
+@dataclass
+class Flavour:
+    """One installed TensorRT and what it supports."""
+
+    name: str  # import name: "tensorrt" or "tensorrt_rtx"
+    trt: ModuleType = field(repr=False)
+
+    @property
+    def version(self) -> str:
+        return str(getattr(self.trt, "__version__", "0"))
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.name == "tensorrt_rtx"
+
+    @property
+    def strongly_typed_only(self) -> bool:
+        """TensorRT 11 and TensorRT-RTX have no weak typing (no BuilderFlag.FP16)."""
+        return self.is_rtx or self.major >= 11 or not hasattr(self.trt.BuilderFlag, "FP16")
+
+    @property
+    def typing(self) -> str:
+        """How fp16 is built here: 'weak' (FP16 flag + constraints) or 'strong' (fp16 ONNX)."""
+        return "strong" if self.strongly_typed_only else "weak"
+
+    @property
+    def supports_target_cc(self) -> bool:
+        """Can the builder target compute capabilities other than the local GPU's (CPU-only AOT)?"""
+        return hasattr(self.trt, "ComputeCapability") and hasattr(self.trt.IBuilderConfig, "set_compute_capability")
+
+    @property
+    def supports_timing_cache(self) -> bool:
+        # TensorRT-RTX >= 1.2: timing cache calls are accepted but are no-ops (deprecated).
+        return not self.is_rtx and hasattr(self.trt.IBuilderConfig, "create_timing_cache")
+
+    @property
+    def supports_engine_validity(self) -> bool:
+        return hasattr(self.trt.Runtime, "get_engine_validity")
+
+    def describe(self) -> str:
+        return f"{self.name} {self.version} ({self.typing}ly typed)"
+
+    # ---------------------------------------------------------------- builder pieces
+    def create_network(self, builder, strongly_typed: bool):
+        """A network; strongly typed where asked (TensorRT 11 and RTX networks always are)."""
+        st = getattr(self.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        if strongly_typed and st is not None and not self.strongly_typed_only:
+            return builder.create_network(1 << int(st))  # TensorRT 10 building an fp16 ONNX as is
+        return builder.create_network(0)
+
+    def cc_enum(self, cc: str):
+        cc = normalise_cc(cc)
+        members = getattr(self.trt.ComputeCapability, "__members__", {})
+        if cc not in members:
+            ok = ", ".join(k for k in members if k.startswith("SM"))
+            raise FlavourError(f"{self.name} {self.version} cannot target {cc}; it knows {ok}")
+        return members[cc]
+
+    def set_target_ccs(self, config, ccs: tuple[str, ...]) -> list[str]:
+        """Target these compute capabilities (CPU-only AOT); returns the normalised names."""
+        names = [normalise_cc(c) for c in ccs]
+        if not self.supports_target_cc:
+            raise FlavourError(
+                f"{self.describe()} builds for the GPU it runs on; it cannot target {', '.join(names)}. "
+                "Build on the target device (e.g. the Jetson) or install tensorrt-rtx for CPU-only AOT builds."
+            )
+        enums = [self.cc_enum(c) for c in names]
+        config.num_compute_capabilities = len(enums)
+        for i, e in enumerate(enums):
+            if not config.set_compute_capability(e, i):
+                raise FlavourError(f"{self.name} refused target compute capability {names[i]}")
+        return names
+
+    def enable_weak_fp16(self, config) -> None:
+        trt = self.trt
+        config.set_flag(trt.BuilderFlag.FP16)
+        # make the per-layer fp32 constraints binding (not just hints)
+        flag = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None) or getattr(
+            trt.BuilderFlag, "STRICT_TYPES"
+        )
+        config.set_flag(flag)
+
+    # ------------------------------------------------------------------ layer access
+    def downcast(self, layer):
+        """The typed view of a layer (IUnaryLayer, IActivationLayer, ...), to read its op."""
+        trt = self.trt
+        cls = {
+            trt.LayerType.UNARY: getattr(trt, "IUnaryLayer", None),
+            trt.LayerType.ACTIVATION: getattr(trt, "IActivationLayer", None),
+            trt.LayerType.ELEMENTWISE: getattr(trt, "IElementWiseLayer", None),
+        }.get(layer.type)
+        if cls is not None:
+            layer.__class__ = cls
+        return layer
+
+    def layer_op(self, layer) -> str:
+        """'Exp', 'Sigmoid', ... for the layers the precision policy cares about, else the layer type."""
+        trt = self.trt
+        lt = layer.type
+        try:
+            if lt == trt.LayerType.UNARY:
+                op = self.downcast(layer).op
+                return {trt.UnaryOperation.EXP: "Exp"}.get(op, f"Unary.{op.name}")
+            if lt == trt.LayerType.ACTIVATION:
+                act = self.downcast(layer).type  # IActivationLayer.type is the activation
+                return {trt.ActivationType.SIGMOID: "Sigmoid"}.get(act, f"Activation.{act.name}")
+        finally:
+            layer.__class__ = trt.ILayer  # pybind may hand the same wrapper out again: restore it
+        return lt.name.title()
+
+    def dtype_name(self, dt) -> str:
+        trt = self.trt
+        return {
+            trt.float32: "fp32",
+            trt.float16: "fp16",
+            getattr(trt, "bfloat16", object()): "bf16",
+            trt.int32: "int32",
+            trt.int64: "int64",
+            trt.int8: "int8",
+            trt.bool: "bool",
+        }.get(dt, str(dt).split(".")[-1].lower())
+
+
+def _import(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except Exception:  # ImportError, or a broken install (missing libnvinfer)
+        return None
+
+
+def detect(prefer: str | None = None) -> Flavour:
+    """The installed TensorRT flavour. `prefer` (or $ILC_TRT_FLAVOUR) names one explicitly."""
+    prefer = prefer or os.environ.get("ILC_TRT_FLAVOUR") or None
+    names = (prefer,) if prefer else MODULES
+    for n in names:
+        if n not in MODULES:
+            raise FlavourError(f"unknown TensorRT flavour {n!r}; choose one of {', '.join(MODULES)}")
+        mod = _import(n)
+        if mod is not None and hasattr(mod, "Builder"):
+            return Flavour(n, mod)
+    if prefer:
+        raise FlavourError(f"TensorRT flavour {prefer!r} is not installed (pip install {prefer.replace('_', '-')}-cu12)")
+    raise FlavourError(
+        "no TensorRT found: install `tensorrt` (JetPack ships it; desktops: pip install tensorrt) "
+        "or `tensorrt-rtx-cu12` (pip install 'ilc-export[rtx]'; builds on CPU-only machines)"
+    )
+
+
+def installed() -> list[str]:
+    """Names of the flavours that import here."""
+    return [n for n in MODULES if _import(n) is not None]

@@ -1,0 +1,116 @@
+"""Library API behind `ilc-run`: open a codec, code files, evaluate. Tests call these."""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..backends import load_backend
+from ..codec.bitstream import unpack, write_atomic
+from ..codec.errors import BitstreamError
+from .codec import ImageCodec, Stats
+from .image_io import IMAGE_SUFFIXES, ImageError, load_rgb, save_rgb
+from .models import DEFAULT_QUALITY, ModelNotFound, find_model, shipped_checkpoint
+
+BITSTREAM_SUFFIX = ".ilc"
+
+
+def open_codec(model: str | Path | None = None, quality: int | None = None, backend: str = "torch", **options) -> ImageCodec:
+    """A codec for a checkpoint / export folder / engine folder, or a shipped quality."""
+    if model is None:
+        if backend != "torch":
+            raise ModelNotFound(f"backend {backend!r} needs --model (an ONNX export or engine folder)")
+        model = shipped_checkpoint(quality or DEFAULT_QUALITY)
+    return ImageCodec(load_backend(backend, Path(model), **options))
+
+
+def expand_inputs(items: Iterable[str | Path], suffixes: set[str] | None) -> list[Path]:
+    """Files, folders (non-recursive) and globs -> sorted unique files."""
+    out: list[Path] = []
+    for item in items:
+        s = str(item)
+        p = Path(s)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.is_file() and (suffixes is None or q.suffix.lower() in suffixes))
+        elif any(ch in s for ch in "*?["):
+            out += sorted(Path(q) for q in glob.glob(s, recursive=True) if Path(q).is_file())
+        else:
+            out.append(p)
+    seen, uniq = set(), []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            uniq.append(p)
+    return uniq
+
+
+def output_path(src: Path, out: Path | None, n_inputs: int, suffix: str) -> Path:
+    """-o is a file for one input, else a folder; default: next to the input."""
+    if out is None:
+        return src.with_suffix(suffix) if src.suffix != suffix else src.with_name(src.stem + ".decoded.png")
+    if n_inputs == 1 and not out.is_dir() and out.suffix:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    return out / (src.stem + suffix)
+
+
+@dataclass
+class FileResult:
+    src: Path
+    dst: Path | None
+    stats: Stats | None = None
+    error: str | None = None
+    notes: list[str] | None = None
+
+
+def compress_file(codec: ImageCodec, src: Path, dst: Path, **zopts) -> FileResult:
+    try:
+        img, notes = load_rgb(src)
+        data, st = codec.compress(img, **zopts)
+        write_atomic(dst, data)
+        return FileResult(src, dst, st, notes=notes)
+    except (ImageError, BitstreamError, OSError) as e:
+        return FileResult(src, None, error=str(e))
+
+
+def decompress_file(codec_for: Callable[[bytes], ImageCodec], src: Path, dst: Path) -> FileResult:
+    try:
+        data = src.read_bytes()
+        codec = codec_for(data)
+        img, st = codec.decompress(data)
+        save_rgb(dst, img)
+        return FileResult(src, dst, st)
+    except (BitstreamError, ModelNotFound, OSError) as e:
+        return FileResult(src, None, error=f"{src}: {e}")
+
+
+class CodecCache:
+    """Decoders keyed by the model id found in each file (decompress without --model)."""
+
+    def __init__(self, model: Path | None, backend: str, search: list[Path] | None = None, **options):
+        self.model, self.backend, self.search, self.options = model, backend, search, options
+        self._by_id: dict[str, ImageCodec] = {}
+        self._fixed: ImageCodec | None = None
+
+    def __call__(self, data: bytes) -> ImageCodec:
+        if self.model is not None:
+            if self._fixed is None:
+                self._fixed = ImageCodec(load_backend(self.backend, self.model, **self.options))
+            return self._fixed
+        mid = unpack(data)[0].model_id.hex()
+        if mid not in self._by_id:
+            src = find_model(mid, self.backend, self.search)
+            self._by_id[mid] = ImageCodec(load_backend(self.backend, src, **self.options))
+        return self._by_id[mid]
+
+
+def default_threads() -> int:
+    return max(1, (os.cpu_count() or 1))
+
+
+__all__ = [
+    "BITSTREAM_SUFFIX", "IMAGE_SUFFIXES", "open_codec", "expand_inputs", "output_path", "compress_file",
+    "decompress_file", "CodecCache", "FileResult",
+]

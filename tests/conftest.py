@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SAMPLE = ROOT / "ilc_export" / "data" / "kodim23.png"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    try:
+        import torch
+
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    except ImportError:
+        pass
+
+
+def randomize(model, scale=0.05, seed=0):
+    """Perturb every parameter (the zero-initialised last convs make a fresh model trivial)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+@pytest.fixture
+def sample_image():
+    from PIL import Image
+
+    return np.asarray(Image.open(SAMPLE).convert("RGB"))
