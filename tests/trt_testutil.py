@@ -1,14 +1,15 @@
-"""Test helpers for the TensorRT tests: tiny ONNX graphs made here, independent of the exporter.
+"""Test helpers for the TensorRT tests.
 
-`export_tiny(out_dir)` writes forward/hyper_mean/inverse.onnx of a tiny random ILC, their fp16
-variants (``<graph>.fp16.onnx``: fp16 weights and activations, fp32 islands around Exp and
-Sigmoid, fp32 I/O) and a manifest.json in the exporter's spirit. `to_fp16(model, keep=())`
-converts with no islands at all, which is what the precision check must catch.
+`export_tiny(dir)`: a tiny random ILC exported by the real exporter (fp32 and fp16 graphs).
+`to_fp16(model, keep=())`: a deliberately naive fp32 -> fp16 conversion with no fp32 islands
+(or islands only around the ops in `keep`), which is what the precision check must catch;
+`tampered_export` puts such graphs into a copy of an export folder.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import types
+import shutil
 from pathlib import Path
 
 import onnx
@@ -90,95 +91,30 @@ def to_fp16(model: onnx.ModelProto, keep: tuple[str, ...] = ISLAND_OPS) -> onnx.
     return model
 
 
-def _freeze_invconv(model):
-    """Replace the LU-parametrised 1x1 convs by constant weights (linalg.inv does not export)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ilc_reference.invertible import InvConv1x1
-
-    for mod in model.modules():
-        if isinstance(mod, InvConv1x1):
-            with torch.no_grad():
-                w = mod.matrix()
-                wi = torch.linalg.inv(w.double()).float()
-            mod.register_buffer("_w", w[:, :, None, None].clone())
-            mod.register_buffer("_wi", wi[:, :, None, None].clone())
-            mod.forward = types.MethodType(lambda self, x: F.conv2d(x, self._w), mod)
-            mod.inverse = types.MethodType(lambda self, y: F.conv2d(y, self._wi), mod)
-
-
-def export_tiny(out_dir: Path, seed: int = 0, fp16: bool = True) -> Path:
-    """Write a tiny random ILC's three graphs (+ fp16 variants) and a manifest into out_dir."""
-    import hashlib
-    import warnings
-
-    import torch
-
+def export_tiny(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny random ILC checkpoint exported by the real exporter (fp32 + fp16 graphs)."""
+    from conftest import randomize
+    from ilc_reference.checkpoint import save_checkpoint
     from ilc_reference.config import tiny_config
     from ilc_reference.model import build_model
 
+    from ilc_export.export.onnx_export import export_onnx
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    cfg = tiny_config()
-    m = build_model(cfg).eval()
-    # non-zero last convs so the couplings do something
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.05)
-    _freeze_invconv(m)
+    ckpt = save_checkpoint(randomize(build_model(tiny_config()), seed=seed), out_dir / "ckpt" / "ilc-tiny")
+    return export_onnx(ckpt, out_dir / "onnx", fp16=True)
 
-    class Fwd(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
 
-        def forward(self, image):
-            y, z = self.m.analysis(image)
-            return y, z, self.m.h_a(y)
-
-    class HM(Fwd):
-        def forward(self, w_hat):
-            return self.m.hyper_mean(w_hat)
-
-    class Inv(Fwd):
-        def forward(self, y_hat, z):
-            return self.m.synthesis(y_hat, z)
-
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        y, z = m.analysis(x)
-        w = m.h_a(y)
-    graphs = {}
-    for name, mod, args, ins, outs in [
-        ("forward", Fwd(m), (x,), ["image"], ["y", "z", "w"]),
-        ("hyper_mean", HM(m), (w,), ["w_hat"], ["mu"]),
-        ("inverse", Inv(m), (y, z), ["y_hat", "z"], ["image"]),
-    ]:
-        dyn = {n: {0: "batch", 2: "height", 3: "width"} for n in ins + outs}
-        path = out_dir / f"{name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(mod, args, str(path), input_names=ins, output_names=outs, dynamic_axes=dyn,
-                              opset_version=17, dynamo=False)
-        files = {"fp32": path.name}
-        if fp16:
-            p16 = out_dir / f"{name}.fp16.onnx"
-            onnx.save(to_fp16(onnx.load(str(path))), str(p16))
-            files["fp16"] = p16.name
-        graphs[name] = {
-            "inputs": ins,
-            "outputs": outs,
-            "files": files,
-            "sha256": {k: hashlib.sha256((out_dir / v).read_bytes()).hexdigest() for k, v in files.items()},
-        }
-    manifest = {
-        "model_id": "tiny" + "0" * 12,
-        "config": json.loads(cfg.to_json()),
-        "opset": 17,
-        "graphs": graphs,
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out_dir
+def tampered_export(src: Path, dst: Path, fp16_graphs: dict[str, onnx.ModelProto]) -> Path:
+    """Copy an export folder, replacing the fp16 variants of some graphs (manifest kept consistent)."""
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    man = json.loads((dst / "manifest.json").read_text())
+    for graph, model in fp16_graphs.items():
+        name = f"{graph}.fp16.onnx"
+        onnx.save(model, str(dst / name))
+        man["precisions"]["fp16"][graph] = name
+        data = (dst / name).read_bytes()
+        man["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (dst / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
+    return dst

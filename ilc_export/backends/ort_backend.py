@@ -80,7 +80,7 @@ class OrtRunner(Runner):
             path = source / fname
             try:
                 self.sessions[g] = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-            except Exception as e:  # noqa: BLE001 - onnxruntime raises several exception types
+            except Exception as e:
                 raise BackendError(f"{path}: onnxruntime cannot load this graph: {e}") from e
             got_in = [i.name for i in self.sessions[g].get_inputs()]
             got_out = [o.name for o in self.sessions[g].get_outputs()]
@@ -98,7 +98,7 @@ class OrtRunner(Runner):
                 raise BackendError(f"{graph}: input {k!r} must be 4-D (B,C,H,W), got shape {v.shape}")
         try:
             outs = sess.run(list(GRAPHS[graph][1]), arrays)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise BackendError(f"{graph}: onnxruntime failed: {e}") from e
         return dict(zip(GRAPHS[graph][1], outs))
 

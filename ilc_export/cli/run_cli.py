@@ -142,6 +142,38 @@ def eval_cmd(
     out.print(f"wrote {json_out}")
 
 
+@app.command()
+@user_errors
+def report(
+    directory: Path = typer.Argument(..., help="folder of images (e.g. Kodak)"),
+    out_dir: Path = typer.Option(Path("report"), "--out", "-o", help="output folder (resumable cache inside)"),
+    backends: str = typer.Option("torch", "--backends", help="comma list: torch,onnxruntime,tensorrt"),
+    qualities: Optional[str] = typer.Option(None, "--qualities", help="comma list (default: every shipped quality)"),
+    export_root: Path = typer.Option(Path("engines"), "--export-root",
+                                     help="where ONNX exports / engines live: <root>/ilc-q<Q>/onnx, <root>/ilc-q<Q>/trt"),
+    anchors: Optional[Path] = typer.Option(None, "--anchors", help="folder of published curves (CompressAI JSON)"),
+    formats: str = typer.Option("JPEG,WEBP,AVIF", "--formats", help="Pillow codecs to sweep"),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="include the conv baseline (paper claim)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N images"),
+):
+    """RD curves, BD-rates vs JPEG/WebP/AVIF and anchors, speed per backend: report.md + report.html."""
+    from ..pipeline.models import shipped_qualities
+    from ..verify.report import build_report
+
+    qs = [int(q) for q in qualities.split(",")] if qualities else shipped_qualities()
+    bes = [b.strip() for b in backends.split(",") if b.strip()]
+    sub = {"onnxruntime": "onnx", "tensorrt": "trt"}
+    exports = {be: [export_root / f"ilc-q{q}" / sub[be] for q in qs] for be in bes if be in sub}
+    fmts = tuple(f.strip().upper() for f in formats.split(",") if f.strip())
+    with progress() as prog:
+        s = build_report(directory, out_dir, bes, qs, exports, anchors, fmts, baseline, limit, prog)
+    for r in s["bd_rate"]:
+        v = r.get("vs_jpeg_psnr-rgb")
+        if v is not None:
+            out.print(f"{r['codec']}: BD-rate vs Pillow JPEG (PSNR) {v:+.1f}%", highlight=False)
+    out.print(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}")
+
+
 def main():
     app()
 

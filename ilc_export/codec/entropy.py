@@ -12,7 +12,8 @@ stream 1 (latent): the scale index of every y element comes from the integer
                    by index k = 0..S-1 (raster order within a group); a group is coded
                    with Gaussian CDF row k over the symbols
                    0 = escape below, 1 + R_k + s for |s| <= R_k, 2 R_k + 2 = escape above.
-                   Then the escapes, in raster order, e = |s| - R_k - 1 >= 0, u = e + 1:
+                   Then the escapes, in coding order (by k, raster order within a group),
+                   e = |s| - R_k - 1 >= 0, u = e + 1:
                    nb = floor(log2 u) for every escape (Uniform(32)); then for nb = 1..31
                    the low nb bits of u of the escapes with that nb (Uniform(2**nb),
                    split into a 16-bit low part and a high part when nb > 16).
@@ -150,21 +151,45 @@ class EntropyCodec:
             raise ValueError(f"y symbols {y_sym.shape} and scale indices {indices.shape} differ in shape")
         if y_sym.dtype.kind not in "iu":
             raise ValueError(f"y symbols must be integers, got {y_sym.dtype}; use quantize_y")
-        if y_sym.size and np.abs(y_sym.astype(np.int64)).max() > MAX_ABS_SYMBOL:
+        if y_sym.size and (y_sym.min() < -MAX_ABS_SYMBOL or y_sym.max() > MAX_ABS_SYMBOL):
             raise ValueError(f"|y symbol| above {MAX_ABS_SYMBOL} cannot be coded")
-        idx, t, e = self._table_symbols(y_sym, indices)
+        order, counts = self._groups(indices)
+        ys = y_sym.ravel()[order].astype(np.int32, copy=False)
         enc = self._queue.RangeEncoder()
-        order = np.argsort(idx, kind="stable")
-        counts = np.bincount(idx, minlength=self.tables.num_scales)
-        ts = t[order].astype(np.int32)
+        escapes = []
         off = 0
         for k, n in enumerate(counts):
-            if n:
-                enc.encode(ts[off:off + n], self.gauss_models[k])
-                off += n
-        self._encode_escapes(enc, e)
+            if not n:
+                continue
+            seg = ys[off:off + n]
+            off += n
+            r = int(self.radius[k])
+            out = (seg < -r) | (seg > r)
+            if out.any():
+                e = np.abs(seg[out].astype(np.int64)) - (r + 1)
+                escapes.append(e)
+                t = np.clip(seg, -r - 1, r + 1)
+                t += r + 1
+            else:
+                t = seg + (r + 1)
+            enc.encode(t.astype(np.int32, copy=False), self.gauss_models[k])
+        if escapes:
+            self._encode_escapes(enc, np.concatenate(escapes))
         enc.encode(np.array([END_MARKER], np.int32), self._uni(2**16))
         return _to_bytes(enc.get_compressed())
+
+    def _groups(self, indices: np.ndarray):
+        """Raster positions sorted by scale index (stable) and the group sizes."""
+        idx = np.asarray(indices).ravel()
+        if idx.dtype != np.uint8:
+            if idx.size and (idx.min() < 0 or idx.max() >= self.tables.num_scales):
+                raise ValueError("scale index out of range")
+            idx = idx.astype(np.uint8)
+        order = np.argsort(idx, kind="stable")
+        counts = np.bincount(idx, minlength=self.tables.num_scales)
+        if counts.size > self.tables.num_scales:
+            raise ValueError("scale index out of range")
+        return order, counts
 
     def _encode_escapes(self, enc, e: np.ndarray) -> None:
         if not e.size:
@@ -218,40 +243,42 @@ class EntropyCodec:
         return out
 
     def decode_y(self, data: bytes, indices: np.ndarray) -> np.ndarray:
-        idx = np.asarray(indices).ravel()
-        n_scales = self.tables.num_scales
+        indices = np.asarray(indices)
+        order, counts = self._groups(indices)
         dec = self._queue.RangeDecoder(_from_bytes(data, "latent"))
-        order = np.argsort(idx, kind="stable")
-        counts = np.bincount(idx, minlength=n_scales)
-        ts = np.empty(idx.size, np.int64)
+        ys = np.empty(order.size, np.int32)
+        esc_pos = []
         try:
             off = 0
             for k, n in enumerate(counts):
-                if n:
-                    ts[off:off + n] = dec.decode(self.gauss_models[k], int(n))
-                    off += n
-            t = np.empty(idx.size, np.int64)
-            t[order] = ts
-            r = self.radius[idx]
-            s = t - r - 1
-            lo_esc = t == 0
-            hi_esc = t == 2 * r + 2
-            esc = lo_esc | hi_esc
-            n_esc = int(esc.sum())
-            if n_esc:
-                e = self._decode_escapes(dec, n_esc)
-                mag = e + r[esc] + 1
+                if not n:
+                    continue
+                seg = ys[off:off + n]
+                seg[:] = dec.decode(self.gauss_models[k], int(n))
+                r = int(self.radius[k])
+                seg -= r + 1
+                out = (seg < -r) | (seg > r)
+                if out.any():
+                    esc_pos.append(np.flatnonzero(out) + off)
+                off += n
+            if esc_pos:
+                pos = np.concatenate(esc_pos)
+                e = self._decode_escapes(dec, pos.size)
+                r = self.radius[np.searchsorted(np.cumsum(counts), pos, side="right")]
+                mag = e + r + 1
                 if mag.max() > MAX_ABS_SYMBOL:
                     raise BitstreamError(f"latent stream is corrupted (escaped value above {MAX_ABS_SYMBOL})")
-                s[esc] = np.where(lo_esc[esc], -mag, mag)
+                ys[pos] = np.where(ys[pos] < 0, -mag, mag)
             marker = int(dec.decode(self._uni(2**16)))
         except (_FATAL + (BitstreamError,)):
             raise
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - constriction raises AssertionError/PanicException
             raise BitstreamError(f"latent stream is corrupted ({type(e).__name__})") from None
         if marker != END_MARKER:
             raise BitstreamError("latent stream is corrupted (end marker mismatch)")
-        return s.astype(np.int32).reshape(np.shape(indices))
+        out = np.empty(order.size, np.int32)
+        out[order] = ys
+        return out.reshape(indices.shape)
 
     def _decode_escapes(self, dec, n: int) -> np.ndarray:
         nb = dec.decode(self._uni(_NB_ALPHABET), n).astype(np.int64)

@@ -44,7 +44,9 @@ def _conv3x3_bands(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, post, ou
     w2 = weight.reshape(cout, cin * 9).astype(np.float64)
     b = bias.astype(np.float64)[:, None]
     rows = max(1, min(h, BAND_BYTES // max(1, cin * 9 * w * 8)))
-    xp = np.zeros((cin, h + 2, w + 2), np.float64)
+    # inputs are integers below 2**24 (w_hat within +-2**20, activations <= act_max < 2**24),
+    # so float32 holds them exactly; bands are widened to float64 for the products
+    xp = np.zeros((cin, h + 2, w + 2), np.float32)
     xp[:, 1:-1, 1:-1] = x
     cols = np.empty((cin, 3, 3, rows, w), np.float64)
     for r0 in range(0, h, rows):
@@ -78,7 +80,7 @@ def _check_w_hat(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
 def hidden_activations(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
     """The last hidden activation a (Nh, 4h, 4w) as exact integers in float32 (< 2**24)."""
     w_hat = _check_w_hat(tables, w_hat)
-    x = w_hat.astype(np.float64)
+    x = w_hat.astype(np.float32)  # exact: |w_hat| <= 2**20
     for layer in range(2):
         k = int(tables.shifts[layer])
         amax = float(tables.act_max[layer])
@@ -91,7 +93,7 @@ def hidden_activations(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
             return acc
 
         wt = tables.weights[layer]
-        conv = np.empty((wt.shape[0],) + x.shape[1:], np.float32 if amax < 2**24 else np.float64)
+        conv = np.empty((wt.shape[0],) + x.shape[1:], np.float32)  # exact: 0 <= a <= act_max < 2**24
         _conv3x3_bands(x, wt, tables.biases[layer], post, conv)
         x = _pixel_shuffle(conv)
     return x

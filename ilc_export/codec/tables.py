@@ -237,8 +237,8 @@ class CodecTables:
             bad("hs.shift and hs.act_max must hold 2 entries")
         if (self.shifts < 0).any() or (self.shifts > 62).any():
             bad("hs.shift out of range 0..62")
-        if (self.act_max < 1).any() or (self.act_max >= 2**31).any():
-            bad("hs.act_max out of range 1..2**31-1")
+        if (self.act_max < 1).any() or (self.act_max >= 2**24).any():
+            bad("hs.act_max out of range 1..2**24-1")
         if self.thresholds.shape != (s - 1,):
             bad(f"hs.thresholds has shape {self.thresholds.shape}, expected ({s - 1},)")
         if (np.diff(self.thresholds) < 0).any() or (np.abs(self.thresholds) >= EXACT_FLOAT64).any():

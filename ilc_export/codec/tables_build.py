@@ -47,29 +47,34 @@ _BOUND = 2**52
 
 # integer CDFs ---------------------------------------------------------------
 def quantize_pmf(p: np.ndarray, precision: int = PRECISION) -> np.ndarray:
-    """Float pmf -> int64 pmf summing to 2**precision with every entry >= 1."""
-    p = np.clip(np.asarray(p, np.float64), 0.0, None)
+    """Float pmf -> int64 pmf summing to 2**precision with every entry >= 1.
+
+    Symbols whose share would fall below one count get exactly 1; the others split the
+    rest in proportion to p (largest-remainder rounding), so large probabilities keep
+    their relative accuracy.
+    """
+    p = np.clip(np.nan_to_num(np.asarray(p, np.float64)), 0.0, None)
     n = p.size
     total = 2**precision
     if n < 2 or n >= total:
         raise ValueError(f"cannot quantise a pmf of {n} symbols at {precision} bits")
-    p = p / p.sum()
-    q = np.maximum(1, np.round(p * total)).astype(np.int64)
-    diff = total - int(q.sum())
-    # hand the difference to (or take it from) the largest entries, never below 1
-    order = np.argsort(-q, kind="stable")
-    i = 0
-    while diff != 0:
-        j = order[i % n]
-        if diff > 0:
-            step = diff if i < n else 1
-            q[j] += step
-            diff -= step
-        elif q[j] > 1:
-            step = min(-diff, q[j] - 1)
-            q[j] -= step
-            diff += step
-        i += 1
+    if p.sum() <= 0:
+        p = np.ones(n)
+    small = np.zeros(n, bool)
+    while True:
+        rest = total - int(small.sum())
+        scale = rest / p[~small].sum()
+        new_small = small | (p * scale < 1.0)
+        if (new_small == small).all():
+            break
+        small = new_small
+    x = p * scale
+    q = np.where(small, 1, np.floor(x)).astype(np.int64)
+    big = np.flatnonzero(~small)
+    left = total - int(q.sum())
+    if left:
+        frac = x[big] - q[big]
+        q[big[np.argsort(-frac, kind="stable")[:left]]] += 1
     assert q.sum() == total and q.min() >= 1
     return q
 
@@ -179,8 +184,8 @@ def _image_to_tensor(img: np.ndarray):
 def calibration_w_hat(model, lo, pmfs, calib_images=None, n_random: int = 8, size: int = 16, seed: int = 0):
     """List of (Nh, h, w) integer arrays to calibrate activation ranges on.
 
-    From the calibration images' hyper-latents when given, else sampled i.i.d. from the
-    prior pmfs (one float pmf per channel over lo[c], lo[c]+1, ...).
+    The calibration images' hyper-latents (if any) plus n_random arrays sampled i.i.d.
+    from the prior pmfs (one float pmf per channel over lo[c], lo[c]+1, ...).
     """
     import torch
 
@@ -192,13 +197,14 @@ def calibration_w_hat(model, lo, pmfs, calib_images=None, n_random: int = 8, siz
                 y, _ = model.analysis(_image_to_tensor(img))
                 w = model.h_a(y)[0].double().numpy()
                 out.append(np.clip(np.round(w), lo[:, None, None], hi[:, None, None]).astype(np.int32))
-    else:
-        rng = np.random.default_rng(seed)
-        for _ in range(n_random):
-            w = np.empty((len(lo), size, size), np.int32)
-            for c in range(len(lo)):
-                w[c] = int(lo[c]) + rng.choice(len(pmfs[c]), size=(size, size), p=pmfs[c])
-            out.append(w)
+    # prior samples always join in: they cover the range the prior allows, so real
+    # images whose hyper-latents stray from the calibration set do not clip
+    rng = np.random.default_rng(seed)
+    for _ in range(n_random):
+        w = np.empty((len(lo), size, size), np.int32)
+        for c in range(len(lo)):
+            w[c] = int(lo[c]) + rng.choice(len(pmfs[c]), size=(size, size), p=pmfs[c])
+        out.append(w)
     return out
 
 
@@ -254,7 +260,11 @@ def integer_hyper_scale(model, w_hats, w_bound: int, act_bits: int = ACT_BITS, w
         base_b = b * A0
         k = _choose_shift(base_w, base_b, in_max, weight_bits)
         if layer < 2 and k < 1:
-            raise ValueError(f"cannot quantise hyper-scale layer {layer}: shift {k} < 1")
+            # the calibrated range is so small that the weights would overflow their
+            # bounds: give up activation resolution (coarser s_out) until k = 1 fits
+            s_out = s_out * 2.0 ** (k - 1)
+            base_w, base_b = base_w * 2.0 ** (k - 1), base_b * 2.0 ** (k - 1)
+            k = 1
         while True:
             Wi = np.round(base_w * 2.0**k).astype(np.int64)
             bi = np.round(base_b * 2.0**k).astype(np.int64)

@@ -14,7 +14,7 @@ _ATTR_CC_MAJOR = 75  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
 _ATTR_CC_MINOR = 76
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _libcuda():
     names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so"]
     found = ctypes.util.find_library("cuda")

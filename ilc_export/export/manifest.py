@@ -69,6 +69,41 @@ def model_id_of_file(path: Path) -> str:
     return codec_model_id(Path(path))
 
 
+_ST_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32", "int16": "I16",
+    "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
+}
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file byte-deterministically (sorted names and metadata keys).
+
+    ``safetensors.numpy.save_file`` stores metadata in a hash map whose order varies from
+    run to run, which breaks byte-identical exports; the format is simple enough to write.
+    """
+    import numpy as np
+
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    blobs = []
+    offset = 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype.name not in _ST_DTYPES:
+            raise ValueError(f"{name}: dtype {arr.dtype} cannot be stored in safetensors")
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": _ST_DTYPES[arr.dtype.name], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        f.writelines(blobs)
+
+
 def read_manifest(folder: Path) -> dict:
     """Read and sanity-check ``folder/manifest.json`` (not the file hashes: see verify_files)."""
     folder = Path(folder)

@@ -23,8 +23,8 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..backends.base import GRAPHS
 from . import fp16 as fp16_mod
@@ -35,6 +35,7 @@ from .manifest import (
     TABLES_NAME,
     model_id_of_file,
     sha256_file,
+    write_safetensors,
 )
 
 MIN_OPSET = 17
@@ -88,9 +89,8 @@ def _torch_modules(model):
     """The three graphs as nn.Modules over a copy of `model` with baked InvConv1x1 weights."""
     import torch
     import torch.nn.functional as F
-    from torch import nn
-
     from ilc_reference.invertible import InvConv1x1
+    from torch import nn
 
     class BakedInvConv1x1(nn.Module):
         def __init__(self, ic: InvConv1x1):
@@ -236,7 +236,7 @@ def _check(model, graph: str, opset: int) -> None:
 
     try:
         onnx.checker.check_model(model, full_check=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the graph's name
+    except Exception as e:
         raise ExportError(f"{graph}: onnx.checker failed: {e}") from e
     ver = {o.domain: o.version for o in model.opset_import}.get("", 0)
     if ver < MIN_OPSET:
@@ -258,7 +258,6 @@ def _version(dist: str) -> str:
 
 def _write_tables(ckpt: Path, out: Path, cfg, model_id: str) -> list[str]:
     from safetensors import safe_open
-    from safetensors.numpy import save_file
 
     with safe_open(str(ckpt), framework="numpy") as f:
         keys = sorted(k for k in f.keys() if k.startswith(TABLE_PREFIX))
@@ -267,7 +266,7 @@ def _write_tables(ckpt: Path, out: Path, cfg, model_id: str) -> list[str]:
     meta = {k: v for k, v in meta.items() if k in ("config", "info")}
     meta.setdefault("config", cfg.to_json())
     meta["model_id"] = model_id
-    save_file(tensors, str(out), metadata=meta)
+    write_safetensors(out, tensors, meta)
     return keys
 
 
@@ -289,7 +288,6 @@ def export_onnx(
     """
     import onnx
     import torch
-
     from ilc_reference.checkpoint import load_model
     from ilc_reference.config import HYPER_DOWNSAMPLE, LEVELS, PAD_MULTIPLE
 
@@ -380,6 +378,8 @@ def export_onnx(
             "files": files,
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for p in tmp.iterdir():
+            os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -408,7 +408,7 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_onnx_models(folder: Path, precision: str = "fp32") -> dict[str, "object"]:
+def load_onnx_models(folder: Path, precision: str = "fp32") -> dict[str, object]:
     """The folder's graphs as onnx.ModelProto (for tools and tests)."""
     import onnx
 
@@ -418,4 +418,4 @@ def load_onnx_models(folder: Path, precision: str = "fp32") -> dict[str, "object
     return {g: onnx.load(str(Path(folder) / graph_file(man, g, precision))) for g in GRAPHS}
 
 
-__all__ = ["export_onnx", "ExportError", "default_out_dir", "graph_io", "DIMS", "load_onnx_models"]
+__all__ = ["DIMS", "ExportError", "default_out_dir", "export_onnx", "graph_io", "load_onnx_models"]

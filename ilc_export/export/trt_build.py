@@ -30,9 +30,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
 
 from . import cuda_probe
 from .trt_flavours import FP32_GRAPHS, Flavour, FlavourError, detect, normalise_cc
@@ -151,30 +151,29 @@ def load_onnx_manifest(onnx_dir: Path) -> dict:
     return m
 
 
-def _strings(obj) -> Iterable[str]:
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _strings(v)
-
-
 def find_onnx(onnx_dir: Path, graph: str, fp16: bool, manifest: dict | None = None) -> Path:
     """The ONNX file of `graph` (its fp16 variant if `fp16`) in an export folder."""
     onnx_dir = Path(onnx_dir)
     manifest = manifest if manifest is not None else load_onnx_manifest(onnx_dir)
-    if fp16:
+    prec = "fp16" if fp16 else "fp32"
+    listed = (manifest.get("precisions") or {}).get(prec) or {}
+    if graph in listed:  # the export manifest says (ilc_export.export.manifest)
+        names = [listed[graph]]
+    elif manifest.get("precisions"):
+        hint = " (export with --fp16)" if fp16 else ""
+        raise BuildError(f"the export in {onnx_dir} has no {prec} graph for {graph!r}{hint}")
+    elif fp16:  # a folder without a manifest: the exporter's naming
         names = [f"{graph}.fp16.onnx", f"{graph}_fp16.onnx", f"fp16/{graph}.onnx"]
-        # whatever the manifest names: a .onnx path mentioning the graph and fp16
-        names += [s for s in _strings(manifest.get("graphs", manifest)) if s.endswith(".onnx") and "fp16" in s
-                  and Path(s).name.split(".")[0].replace("_fp16", "") == graph]
     else:
         names = [f"{graph}.onnx"]
     for n in names:
         if (onnx_dir / n).is_file():
+            want = (manifest.get("files") or {}).get(n)
+            if want and want.get("sha256") and sha256_file(onnx_dir / n) != want["sha256"]:
+                raise BuildError(
+                    f"{onnx_dir / n} does not match the export manifest (sha256 differs): the file is corrupted "
+                    "or from another export; re-export it"
+                )
             return onnx_dir / n
     what = "fp16 ONNX graph" if fp16 else "ONNX graph"
     hint = " (export with --fp16)" if fp16 else ""
@@ -270,22 +269,33 @@ def _graph_maps(network):
     return producer, consumers
 
 
-def sensitive_layers(flavour: Flavour, network, graph: str) -> tuple[set[int], set[int]]:
+def declared_fp32(onnx_manifest: dict, graph: str) -> list[str]:
+    """Node names the exporter kept in fp32 (``manifest["fp16"]["fp32_islands"][graph]``; '*' = all)."""
+    fp16 = onnx_manifest.get("fp16") or {}
+    return list((fp16.get("fp32_islands") or {}).get(graph, []))
+
+
+def sensitive_layers(flavour: Flavour, network, graph: str, declared: Iterable[str] = ()) -> tuple[set[int], set[int]]:
     """(must_fp32, island): layer indices that must run fp32, and the wider set TensorRT 10 pins.
 
-    must_fp32: every float layer of the FP32_GRAPHS; elsewhere each Sigmoid and Exp.
+    must_fp32: every float layer of the FP32_GRAPHS (or of a graph declared '*'); elsewhere each
+    Sigmoid and Exp, and every float layer named like a node of the exporter's fp32 islands
+    (`declared`: TensorRT names a layer after its ONNX node).
     island: must_fp32 plus the elementwise/unary layers on a path from a Sigmoid to an Exp
     (s = c * (2 * sigmoid(h) - 1); exp(s) or exp(-s)).
     """
     trt = flavour.trt
     n = network.num_layers
-    if graph in FP32_GRAPHS:
+    declared = set(declared)
+    if graph in FP32_GRAPHS or "*" in declared:
         every = {i for i in range(n) if _float_outputs(flavour, network.get_layer(i))}
         return every, every
     ops = {i: flavour.layer_op(network.get_layer(i)) for i in range(n)}
     sig = {i for i, o in ops.items() if o == "Sigmoid"}
     exp = {i for i, o in ops.items() if o == "Exp"}
-    must = sig | exp
+    named = {i for i in range(n) if network.get_layer(i).name in declared
+             and _float_outputs(flavour, network.get_layer(i))}
+    must = sig | exp | named
     _, consumers = _graph_maps(network)
     passable = (trt.LayerType.ELEMENTWISE, trt.LayerType.UNARY, trt.LayerType.SHUFFLE, trt.LayerType.CAST)
     island = set(must)
@@ -317,14 +327,18 @@ def apply_fp32_constraints(flavour: Flavour, network, layers: set[int]) -> int:
     return len(layers)
 
 
-def layer_precision_report(flavour: Flavour, network, graph: str, fp16: bool, typing: str) -> dict:
+def layer_precision_report(flavour: Flavour, network, graph: str, fp16: bool, typing: str,
+                           declared: Iterable[str] = ()) -> dict:
     """Each layer's (planned) precision from the parsed network, and the fp32 check.
 
     strong typing: the precision is the network's own tensor types (what the engine runs);
     weak typing: 'fp32' where constrained, 'fp16|fp32' where the builder may choose (FP16 flag).
     """
     trt = flavour.trt
-    must, _ = sensitive_layers(flavour, network, graph)
+    declared = list(declared)
+    must, _ = sensitive_layers(flavour, network, graph, declared)
+    names = {network.get_layer(i).name for i in range(network.num_layers)}
+    unmatched = [d for d in declared if d != "*" and d not in names]
     rows, violations, counts = [], [], {}
     for i in range(network.num_layers):
         L = network.get_layer(i)
@@ -354,6 +368,7 @@ def layer_precision_report(flavour: Flavour, network, graph: str, fp16: bool, ty
         "typing": typing,
         "counts": counts,
         "must_fp32": len(must),
+        "declared_fp32_unmatched": unmatched,  # island node names with no layer of that name
         "violations": violations,
         "ok": not violations,
         "layers": rows,
@@ -376,7 +391,7 @@ def inspect_engine(flavour: Flavour, engine_bytes, targets: list[str], graph: st
             return {"available": False, "reason": "deserialisation failed: " + "; ".join(logger.errors()[-3:])}
         insp = engine.create_engine_inspector()
         info = json.loads(insp.get_engine_information(trt.LayerInformationFormat.JSON))
-    except Exception as e:  # never let the inspector break a good build
+    except Exception as e:  # noqa: BLE001 -- never let the inspector break a good build
         return {"available": False, "reason": f"inspector failed: {e}"}
     layers = info.get("Layers", [])
     out, bad = [], []
@@ -493,16 +508,24 @@ def build_engines(
     # targets
     local_cc = None
     if fl.supports_target_cc:
-        targets = [normalise_cc(c) for c in (compute_capabilities or DEFAULT_CCS)]
+        try:
+            targets = [normalise_cc(c) for c in (compute_capabilities or DEFAULT_CCS)]
+            for c in targets:
+                fl.cc_enum(c)
+        except FlavourError as e:
+            raise BuildError(str(e)) from e
     else:
+        try:
+            asked = [normalise_cc(c) for c in (compute_capabilities or [])]
+        except FlavourError as e:
+            raise BuildError(str(e)) from e
         local_cc = cuda_probe.compute_capability(0)
         if local_cc is None:
             raise BuildError(
                 f"{fl.describe()} needs a CUDA GPU to build (it builds for the GPU it runs on); "
                 "on a machine without one install tensorrt-rtx-cu12 for CPU-only AOT builds"
             )
-        asked = [normalise_cc(c) for c in (compute_capabilities or [local_cc])]
-        if asked != [local_cc]:
+        if asked and asked != [local_cc]:
             raise BuildError(
                 f"{fl.describe()} builds for the local GPU ({local_cc}) only; asked for {', '.join(asked)}. "
                 "Build on the target device instead"
@@ -523,7 +546,7 @@ def build_engines(
         display = _RichProgress(len(plan))
         emit = display
     elif progress is False:
-        emit = lambda ev: None  # noqa: E731
+        emit = lambda ev: None
     else:
         emit = progress
 
@@ -550,12 +573,13 @@ def build_engines(
             typing = fl.typing
             network, _parser = parse_onnx(fl, builder, logger, path, strongly_typed=(typing == "strong"))
             config = builder.create_builder_config()
+            declared = declared_fp32(onnx_manifest, g) if fp16 else []
             if typing == "weak" and g_fp16:
                 fl.enable_weak_fp16(config)
                 if keep_fp32:
-                    _, island = sensitive_layers(fl, network, g)
+                    _, island = sensitive_layers(fl, network, g, declared)
                     apply_fp32_constraints(fl, network, island)
-            report = layer_precision_report(fl, network, g, g_fp16, typing)
+            report = layer_precision_report(fl, network, g, g_fp16, typing, declared)
             if fp16 and not report["ok"] and check != "off":
                 msg = (
                     f"{g}: {len(report['violations'])} layer(s) that must stay fp32 would not: "
@@ -700,6 +724,12 @@ def _copy_model_files(onnx_dir: Path, out_dir: Path, onnx_manifest: dict) -> dic
             out["tables"] = c.name
             break
     return out
+
+
+def default_out_dir(onnx_dir: str | Path) -> Path:
+    """engines/<model>/onnx -> engines/<model>/trt; any other folder X -> X-trt beside it."""
+    onnx_dir = Path(onnx_dir)
+    return onnx_dir.parent / "trt" if onnx_dir.name == "onnx" else onnx_dir.with_name(onnx_dir.name + "-trt")
 
 
 def build_from_checkpoint(ckpt: str | Path, out_dir: str | Path, fp16: bool = False, onnx_dir: str | Path | None = None,

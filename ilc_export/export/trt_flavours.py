@@ -94,10 +94,15 @@ class Flavour:
     # ---------------------------------------------------------------- builder pieces
     def create_network(self, builder, strongly_typed: bool):
         """A network; strongly typed where asked (TensorRT 11 and RTX networks always are)."""
-        st = getattr(self.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        flags = 0
+        nf = self.trt.NetworkDefinitionCreationFlag
+        eb = getattr(nf, "EXPLICIT_BATCH", None)
+        if eb is not None and self.major < 10:  # TensorRT 8.x (JetPack 5 / 6.0): ONNX needs explicit batch
+            flags |= 1 << int(eb)
+        st = getattr(nf, "STRONGLY_TYPED", None)
         if strongly_typed and st is not None and not self.strongly_typed_only:
-            return builder.create_network(1 << int(st))  # TensorRT 10 building an fp16 ONNX as is
-        return builder.create_network(0)
+            flags |= 1 << int(st)  # TensorRT 10 building an fp16 ONNX as is
+        return builder.create_network(flags)
 
     def cc_enum(self, cc: str):
         cc = normalise_cc(cc)
@@ -126,9 +131,7 @@ class Flavour:
         trt = self.trt
         config.set_flag(trt.BuilderFlag.FP16)
         # make the per-layer fp32 constraints binding (not just hints)
-        flag = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None) or getattr(
-            trt.BuilderFlag, "STRICT_TYPES"
-        )
+        flag = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None) or trt.BuilderFlag.STRICT_TYPES
         config.set_flag(flag)
 
     # ------------------------------------------------------------------ layer access
@@ -175,7 +178,7 @@ class Flavour:
 def _import(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
-    except Exception:  # ImportError, or a broken install (missing libnvinfer)
+    except Exception:  # noqa: BLE001 -- ImportError, or a broken install (missing libnvinfer)
         return None
 
 

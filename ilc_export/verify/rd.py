@@ -19,7 +19,7 @@ from ..codec.bitstream import write_atomic
 from ..pipeline.api import BITSTREAM_SUFFIX, expand_inputs, open_codec
 from ..pipeline.image_io import IMAGE_SUFFIXES, load_rgb
 from ..pipeline.metrics import ms_ssim, psnr
-from ..pipeline.models import shipped_checkpoint, shipped_qualities
+from ..pipeline.models import model_id, shipped_checkpoint, shipped_qualities
 
 
 def _images(directory: Path, limit: int | None) -> list[Path]:
@@ -38,53 +38,111 @@ def _summarise(name: str, description: str, points: list[list[dict]]) -> dict:
             "per_image": [points[i] for i in order]}
 
 
+class ResultCache:
+    """Per-image results on disk (JSON lines), so an interrupted report continues where it stopped.
+
+    Keys include the model id (or codec settings) and the image's name and size, so a changed
+    model or image is never served from the cache.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path else None
+        self.rows: dict[str, dict] = {}
+        if self.path and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                    self.rows[r["key"]] = r
+                except (ValueError, KeyError):
+                    continue  # a line cut by a kill: recompute that image
+
+    @staticmethod
+    def key(*parts) -> str:
+        return "|".join(str(p) for p in parts)
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key)
+
+    def put(self, key: str, row: dict) -> None:
+        row = {**row, "key": key}
+        self.rows[key] = row
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _image_key(f: Path) -> str:
+    st = f.stat()
+    return f"{f.name}:{st.st_size}"
+
+
 def evaluate_codec(directory: Path, qualities: list[int] | None = None, models: list[Path] | None = None,
-                   backend: str = "torch", limit: int | None = None, progress=None, name: str = "ILC", **opts) -> dict:
+                   backend: str = "torch", limit: int | None = None, progress=None, name: str = "ILC",
+                   kind: str = "ilc", cache: ResultCache | None = None, **opts) -> dict:
     """Every image x quality: compress to a real file, decompress it, measure (SPEC section 5)."""
     files = _images(Path(directory), limit)
     if models:
         sources = [Path(m) for m in models]
     else:
-        qs = qualities or shipped_qualities()
+        qs = qualities or shipped_qualities(kind)
         if not qs:
-            raise ValueError("no shipped qualities found")
-        sources = [shipped_checkpoint(q) for q in qs]
+            raise ValueError(f"no shipped {kind} qualities found")
+        sources = [shipped_checkpoint(q, kind) for q in qs]
+    cache = cache or ResultCache(None)
     points = []
-    task = progress.add_task(f"eval {backend}", total=len(files) * len(sources), info="") if progress else None
+    task = progress.add_task(f"{name} ({backend})", total=len(files) * len(sources), info="") if progress else None
     with tempfile.TemporaryDirectory() as tmp:
         for src in sources:
-            codec = open_codec(src, None, backend, **opts)
+            codec = None
+            mid = model_id(src)
             pt = []
             for f in files:
-                img, _ = load_rgb(f)
-                t0 = time.perf_counter()
-                data, _ = codec.compress(img)
-                bit = Path(tmp) / (f.stem + BITSTREAM_SUFFIX)
-                write_atomic(bit, data)
-                t1 = time.perf_counter()
-                rec, st = codec.decompress(bit.read_bytes())
-                t2 = time.perf_counter()
-                n = bit.stat().st_size
-                pt.append({"image": f.name, "bpp": 8 * n / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec),
+                key = cache.key(name, backend, mid, _image_key(f))
+                row = cache.get(key)
+                if row is None:
+                    codec = codec or open_codec(src, None, backend, **opts)
+                    img, _ = load_rgb(f)
+                    t0 = time.perf_counter()
+                    data, est = codec.compress(img)
+                    bit = Path(tmp) / (f.stem + BITSTREAM_SUFFIX)
+                    write_atomic(bit, data)
+                    t1 = time.perf_counter()
+                    rec, dst = codec.decompress(bit.read_bytes())
+                    t2 = time.perf_counter()
+                    n = bit.stat().st_size
+                    row = {"image": f.name, "bpp": 8 * n / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec),
                            "ms_ssim": ms_ssim(img, rec), "enc": t1 - t0, "dec": t2 - t1,
-                           "entropy_enc": None, "bytes": n, "model": codec.cfg.name})
+                           "enc_entropy": est.times.get("entropy", 0.0), "dec_entropy": dst.times.get("entropy", 0.0),
+                           "bytes": n, "model": codec.cfg.name, "model_id": mid}
+                    cache.put(key, row)
+                pt.append(row)
                 if progress:
-                    progress.update(task, advance=1, info=f"{codec.cfg.name} {f.name}")
+                    progress.update(task, advance=1, info=f"{row['model']} {f.name}")
             points.append(pt)
-    return _summarise(name, f"ILC toolkit, backend {backend}, real files", points)
+    return _summarise(name, f"ILC toolkit ({kind}), backend {backend}, real files", points)
 
 
-def pillow_curve(directory: Path, fmt: str = "JPEG", qualities=None, limit: int | None = None, progress=None) -> dict:
+def pillow_curve(directory: Path, fmt: str = "JPEG", qualities=None, limit: int | None = None, progress=None,
+                 cache: ResultCache | None = None) -> dict:
     """Pillow's JPEG (4:2:0) / WebP / AVIF at a quality sweep, measured here."""
     fmt = fmt.upper()
     qualities = qualities or ([5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95] if fmt == "JPEG" else list(range(5, 100, 10)))
     files = _images(Path(directory), limit)
-    imgs = [load_rgb(f)[0] for f in files]
+    cache = cache or ResultCache(None)
     points = []
     task = progress.add_task(f"{fmt} sweep", total=len(qualities) * len(files), info="") if progress else None
     for q in qualities:
         pt = []
-        for f, img in zip(files, imgs):
+        for f in files:
+            key = cache.key("pillow", fmt, q, Image.__version__, _image_key(f))
+            row = cache.get(key)
+            if row is not None:
+                pt.append(row)
+                if progress:
+                    progress.update(task, advance=1, info=f"q{q} {f.name}")
+                continue
+            img = load_rgb(f)[0]
             buf = io.BytesIO()
             kw = {"quality": q}
             if fmt == "JPEG":
@@ -94,8 +152,10 @@ def pillow_curve(directory: Path, fmt: str = "JPEG", qualities=None, limit: int 
             t1 = time.perf_counter()
             rec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             t2 = time.perf_counter()
-            pt.append({"image": f.name, "bpp": 8 * buf.tell() / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec),
-                       "ms_ssim": ms_ssim(img, rec), "enc": t1 - t0, "dec": t2 - t1, "quality": q})
+            row = {"image": f.name, "bpp": 8 * buf.tell() / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec),
+                   "ms_ssim": ms_ssim(img, rec), "enc": t1 - t0, "dec": t2 - t1, "quality": q}
+            cache.put(key, row)
+            pt.append(row)
             if progress:
                 progress.update(task, advance=1, info=f"q{q} {f.name}")
         points.append(pt)

@@ -1,0 +1,90 @@
+"""Entropy-coder throughput: M symbols/s for encode and decode of y (and w), plus the
+integer scale network's time, on this machine.
+
+    python benchmarks/bench_entropy.py                 # tiny random model, ~8 M symbols
+    python benchmarks/bench_entropy.py --ckpt model.safetensors --symbols 20e6
+
+Symbols are drawn from the Gaussian each element's scale index selects, so the mix of
+tables and the escape rate are realistic. Single-threaded numpy/BLAS by default.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+
+def _tables(ckpt: str | None):
+    from ilc_export.codec.tables import CodecTables
+
+    if ckpt:
+        return CodecTables.load(ckpt)
+    import torch
+
+    from ilc_export.codec.tables_build import build_tables
+    from ilc_reference.config import tiny_config
+    from ilc_reference.model import build_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return CodecTables.from_tensors(build_tables(build_model(tiny_config()).eval()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", help="checkpoint with codec tables (default: tiny random model)")
+    ap.add_argument("--symbols", type=float, default=8e6, help="number of y symbols (approx.)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    from ilc_export.codec import intnet
+    from ilc_export.codec.entropy import EntropyCodec
+
+    tab = _tables(args.ckpt)
+    codec = EntropyCodec(tab)
+    m, nh = tab.latent_channels, tab.hyper_channels
+    side = max(1, int(round((args.symbols / m) ** 0.5 / 4)))
+    rng = np.random.default_rng(0)
+    w_hat = np.stack([int(tab.prior_lo[c]) + rng.choice(int(tab.prior_len[c]), size=(side, side),
+                                                         p=tab.prior_pmf(c) / 2.0**tab.precision)
+                      for c in range(nh)]).astype(np.int32)
+    t = time.perf_counter()
+    idx = intnet.scale_indices(tab, w_hat)
+    t_net = time.perf_counter() - t
+    sigma = np.exp(np.linspace(np.log(0.11), np.log(64.0), tab.num_scales))
+    y = np.round(rng.normal(0.0, sigma[idx])).astype(np.int32)
+    n = y.size
+
+    def timed(fn):
+        """(best wall s, best CPU s of this process) over args.repeat runs."""
+        walls, cpus = [], []
+        for _ in range(args.repeat):
+            t, c = time.perf_counter(), time.process_time()
+            res = fn()
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+        return min(walls), min(cpus), res
+
+    enc_w, enc_c, streams = timed(lambda: codec.encode(w_hat, y, idx))
+    dec_w, dec_c, (w2, y2) = timed(lambda: codec.decode(streams, w_hat.shape, y.shape))
+    assert (w2 == w_hat).all() and (y2 == y).all(), "round trip failed"
+    ey_w, ey_c, _ = timed(lambda: codec.encode_y(y, idx))
+    dy_w, dy_c, _ = timed(lambda: codec.decode_y(streams[1], idx))
+
+    bits = 8 * sum(len(s) for s in streams)
+    print(f"tables: M={m} Nh={nh} scales={tab.num_scales}; y {y.shape} = {n / 1e6:.2f} M symbols, "
+          f"w {w_hat.shape}; {bits / n:.3f} bits/symbol; escapes {(np.abs(y) > tab.gauss_radius[idx]).mean():.2e}")
+    print("M symbols/s (wall clock | per CPU-second of this process):")
+    for name, w_, c_ in [("encode w+y (indices given)", enc_w, enc_c), ("encode y only", ey_w, ey_c),
+                         ("decode w+net+y", dec_w, dec_c), ("decode y only", dy_w, dy_c)]:
+        print(f"  {name:28s} {n / w_ / 1e6:6.1f} | {n / max(c_, 1e-9) / 1e6:6.1f}")
+    print(f"integer scale net:           {t_net * 1e3:.0f} ms for {n / 1e6:.2f} M indices")
+
+
+if __name__ == "__main__":
+    main()

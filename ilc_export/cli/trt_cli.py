@@ -1,0 +1,51 @@
+"""`ilc-export trt`: build TensorRT engines from an ONNX export (or straight from a checkpoint).
+
+Registered on the ilc-export app by ``register(app)`` (export_cli calls it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console, out, user_errors
+
+
+def trt_cmd(
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX export folder (from `ilc-export onnx`)"),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="or a checkpoint: exported first (into <out>/onnx)"),
+    fp16: bool = typer.Option(False, "--fp16/--fp32", help="fp16 engines (hyper_mean and the fp32 islands stay fp32)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="engine folder (default: trt/ beside the ONNX folder)"),
+    min_shape: str = typer.Option("1x64x64", "--min-shape", help="smallest image batch, BxHxW or HxW (padded)"),
+    opt_shape: str = typer.Option("1x1088x1920", "--opt-shape", help="the shape TensorRT tunes for"),
+    max_shape: str = typer.Option("1x2176x3840", "--max-shape", help="largest image batch the engines accept"),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="reuse/update this timing cache file"),
+    compute_capability: list[str] = typer.Option(
+        [], "--compute-capability", "-c",
+        help="target GPU(s) for tensorrt-rtx CPU-only builds, e.g. SM86 SM89 SM120 (default SM86+SM89); "
+             "full TensorRT builds for the local GPU"),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="builder workspace limit, e.g. 2G"),
+    flavour: Optional[str] = typer.Option(None, "--flavour", help="tensorrt or tensorrt_rtx (default: what is installed)"),
+    check: str = typer.Option("error", "--check", help="fp32-layer check: error | warn | off"),
+):
+    """Build one TensorRT engine per graph, with an engine manifest and a layer precision report."""
+    from ..export import trt_build as tb
+
+    if (onnx is None) == (ckpt is None):
+        raise typer.BadParameter("give exactly one of --onnx and --ckpt")
+    kw = dict(fp16=fp16, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, timing_cache=timing_cache,
+              compute_capabilities=tuple(compute_capability) or None, workspace=tb.parse_size(workspace),
+              flavour=flavour, check=check)
+    if ckpt is not None:
+        target = out_dir or Path("engines") / ckpt.stem / "trt"
+        manifest = tb.build_from_checkpoint(ckpt, target, onnx_dir=target.parent / "onnx", **kw)
+    else:
+        target = out_dir or tb.default_out_dir(onnx)
+        manifest = tb.build_engines(onnx, target, **kw)
+    out.print(tb.summary_table(manifest))
+    console.print(f"[green]wrote[/green] {manifest.parent}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("trt")(user_errors(trt_cmd))
