@@ -2,6 +2,7 @@
 integer scale network's time, on this machine.
 
     python benchmarks/bench_entropy.py                 # tiny random model, ~8 M symbols
+    python benchmarks/bench_entropy.py --config default   # default-size random model
     python benchmarks/bench_entropy.py --ckpt model.safetensors --symbols 20e6
 
 Symbols are drawn from the Gaussian each element's scale index selects, so the mix of
@@ -16,28 +17,31 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
-def _tables(ckpt: str | None):
+def _tables(ckpt: str | None, config: str):
     from ilc_export.codec.tables import CodecTables
 
     if ckpt:
         return CodecTables.load(ckpt)
     import torch
+    from ilc_reference.config import ModelConfig, tiny_config
+    from ilc_reference.model import build_model
 
     from ilc_export.codec.tables_build import build_tables
-    from ilc_reference.config import tiny_config
-    from ilc_reference.model import build_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    return CodecTables.from_tensors(build_tables(build_model(tiny_config()).eval()))
+    cfg = tiny_config() if config == "tiny" else ModelConfig()
+    return CodecTables.from_tensors(build_tables(build_model(cfg).eval()))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", help="checkpoint with codec tables (default: tiny random model)")
+    ap.add_argument("--config", choices=["tiny", "default"], default="tiny",
+                    help="random model size when no --ckpt is given (tiny: M=16, default: M=96)")
     ap.add_argument("--symbols", type=float, default=8e6, help="number of y symbols (approx.)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
@@ -45,7 +49,7 @@ def main() -> None:
     from ilc_export.codec import intnet
     from ilc_export.codec.entropy import EntropyCodec
 
-    tab = _tables(args.ckpt)
+    tab = _tables(args.ckpt, args.config)
     codec = EntropyCodec(tab)
     m, nh = tab.latent_channels, tab.hyper_channels
     side = max(1, int(round((args.symbols / m) ** 0.5 / 4)))

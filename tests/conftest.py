@@ -35,3 +35,20 @@ def sample_image():
     from PIL import Image
 
     return np.asarray(Image.open(SAMPLE).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny randomised ILC checkpoint with codec tables (session-wide)."""
+    import torch
+
+    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_reference.checkpoint import save_checkpoint
+    from ilc_reference.config import tiny_config
+    from ilc_reference.model import build_model
+
+    torch.manual_seed(0)
+    model = randomize(build_model(tiny_config()), 0.05).eval()
+    path = save_checkpoint(model, tmp_path_factory.mktemp("tiny") / "ilc-tiny")
+    finalize_checkpoint(path)
+    return path

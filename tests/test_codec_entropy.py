@@ -148,9 +148,10 @@ GOLDEN_SHA256 = "d1f6d6025c44c0bc17267f396672b61d910d0f5ceea1d44549aa8353ffaa2b6
 def test_perturbed_encoder_still_decodes():
     """Float noise on y and mu (another backend) changes symbols, never decodability."""
     torch = pytest.importorskip("torch")
-    from ilc_export.codec.tables_build import build_tables
     from ilc_reference.config import tiny_config
     from ilc_reference.model import build_model
+
+    from ilc_export.codec.tables_build import build_tables
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -164,7 +165,7 @@ def test_perturbed_encoder_still_decodes():
         w_hat = codec.quantize_w(model.h_a(torch.from_numpy(y)[None])[0].numpy() * 5)
         mu = model.hyper_mean(torch.from_numpy(w_hat).float()[None])[0].numpy()
     sym_a = codec.quantize_y(y, mu)
-    noise = lambda a: a * (1 + 1e-3 * rng.standard_normal(a.shape))  # noqa: E731
+    noise = lambda a: a * (1 + 1e-3 * rng.standard_normal(a.shape))
     sym_b = codec.quantize_y(noise(y), noise(mu))
     assert (sym_a != sym_b).any()  # the perturbation does move some symbols
     for sym in (sym_a, sym_b):
@@ -260,3 +261,23 @@ def test_estimate_bits_close_to_real(codec):
     real_y = 8 * len(streams[1])
     assert abs(real_y - est["y"]) < 0.01 * est["y"] + 96
     assert END_MARKER < 2**16
+
+
+def test_tiny_stream_claiming_huge_image_is_refused(codec):
+    w_hat, y, _ = sample(codec, 2, 2)
+    streams = codec.encode(w_hat, y)
+    with pytest.raises(BitstreamError, match="too short"):
+        codec.decode(streams, (2, 1000, 1000), (3, 4000, 4000))
+
+
+def test_size_bound_holds_for_the_cheapest_possible_stream(codec):
+    """The 'too short' guard never refuses a genuine stream: code the most probable symbol
+    of the most peaked table many times and compare with the bound."""
+    t = codec.tables
+    k = int(np.argmin([t.precision - np.log2(t.gauss_pmf(i).max()) for i in range(t.num_scales)]))
+    sym = int(np.argmax(t.gauss_pmf(k))) - int(t.gauss_radius[k]) - 1
+    n = 300_000
+    idx = np.full((1, 1, n), k, np.uint8)
+    data = codec.encode_y(np.full((1, 1, n), sym, np.int32), idx)
+    assert 8 * len(data) + 256 >= 0.99 * n * codec.min_bits_y
+    assert (codec.decode_y(data, idx) == sym).all()

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
+from ilc_reference.config import SCALE_MAX, SCALE_MIN, tiny_config
+from ilc_reference.entropy import gaussian_likelihood, scale_index_from_log, scale_table
+from ilc_reference.model import build_model
 
-from ilc_export.codec import intnet  # noqa: E402
-from ilc_export.codec.entropy import EntropyCodec  # noqa: E402
-from ilc_export.codec.tables import CodecTables  # noqa: E402
-from ilc_export.codec.tables_build import build_tables  # noqa: E402
-from ilc_reference.config import SCALE_MAX, SCALE_MIN, tiny_config  # noqa: E402
-from ilc_reference.entropy import gaussian_likelihood, scale_index_from_log, scale_table  # noqa: E402
-from ilc_reference.model import build_model  # noqa: E402
+from ilc_export.codec import intnet
+from ilc_export.codec.entropy import EntropyCodec
+from ilc_export.codec.tables import CodecTables
+from ilc_export.codec.tables_build import build_tables
 
 
 @pytest.fixture(scope="module")

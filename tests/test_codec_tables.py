@@ -8,17 +8,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ilc_export.codec.errors import TablesError  # noqa: E402
-from ilc_export.codec.tables import (  # noqa: E402
+from ilc_reference.config import NUM_SCALES, tiny_config
+from ilc_reference.model import build_model
+
+from ilc_export.codec.errors import TablesError
+from ilc_export.codec.tables import (
     EXACT_FLOAT64,
     TABLE_PREFIX,
     CodecTables,
     compute_model_id,
     model_id_of_file,
 )
-from ilc_export.codec.tables_build import build_tables, finalize_checkpoint, quantize_pmf  # noqa: E402
-from ilc_reference.config import NUM_SCALES, tiny_config  # noqa: E402
-from ilc_reference.model import build_model  # noqa: E402
+from ilc_export.codec.tables_build import build_tables, finalize_checkpoint, quantize_pmf
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +146,8 @@ def test_model_id_file_equals_dict_and_changes(tiny, tmp_path):
 
 
 def test_finalize_checkpoint(tmp_path):
-    from safetensors import safe_open
-
     from ilc_reference.checkpoint import load_model, save_checkpoint
+    from safetensors import safe_open
 
     torch.manual_seed(1)
     model = build_model(tiny_config())

@@ -61,5 +61,27 @@ def verify_cmd(
     raise typer.Exit(0 if report["pass"] else 1)
 
 
+@app.command("tables")
+def tables_cmd(
+    ckpt: Path = typer.Option(..., "--ckpt", help="checkpoint (.safetensors) to finalize in place"),
+    calib: Path | None = typer.Option(None, "--calib", help="folder of images to calibrate the integer scale network"),
+):
+    """Derive the codec tables (integer CDFs, integer scale network) once and store them in the checkpoint."""
+    from ..codec.tables_build import finalize_checkpoint
+
+    try:
+        with console.status("building codec tables"):
+            mid = finalize_checkpoint(ckpt, calib)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1)
+    console.print(f"[green]wrote tables into[/green] {ckpt}  (model id {mid})")
+
+
+from .trt_cli import register  # noqa: E402
+
+register(app)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

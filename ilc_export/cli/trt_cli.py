@@ -14,7 +14,7 @@ from .common import console, out, user_errors
 
 def trt_cmd(
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX export folder (from `ilc-export onnx`)"),
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="or a checkpoint: exported first (into <out>/onnx)"),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="or a checkpoint: exported first, into onnx/ beside the engine folder"),
     fp16: bool = typer.Option(False, "--fp16/--fp32", help="fp16 engines (hyper_mean and the fp32 islands stay fp32)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="engine folder (default: trt/ beside the ONNX folder)"),
     min_shape: str = typer.Option("1x64x64", "--min-shape", help="smallest image batch, BxHxW or HxW (padded)"),

@@ -10,7 +10,18 @@ from .intnet import scale_indices
 from .tables import CodecTables, compute_model_id, model_id_of_file
 
 __all__ = [
-    "FORMAT_VERSION", "Header", "pack", "unpack", "read_file", "write_atomic", "check_model",
-    "EntropyCodec", "BitstreamError", "TablesError", "scale_indices",
-    "CodecTables", "compute_model_id", "model_id_of_file",
+    "FORMAT_VERSION",
+    "BitstreamError",
+    "CodecTables",
+    "EntropyCodec",
+    "Header",
+    "TablesError",
+    "check_model",
+    "compute_model_id",
+    "model_id_of_file",
+    "pack",
+    "read_file",
+    "scale_indices",
+    "unpack",
+    "write_atomic",
 ]

@@ -153,7 +153,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         if expected is not None and expected > size:
             raise BitstreamError(f"file truncated: {size} bytes, header and stream table say {expected}")
         raise BitstreamError("checksum mismatch: the file is corrupted")
-    (magic, version, flags, mid, h, w, ph, pw, zmode, reserved, seed, temp, th, tw, n, reserved2) = _HEAD.unpack_from(data)
+    (_magic, version, flags, mid, h, w, ph, pw, zmode, reserved, seed, temp, th, tw, n, reserved2) = _HEAD.unpack_from(data)
     if flags or reserved != b"\0\0\0" or reserved2:
         raise BitstreamError("reserved header fields are not zero (file from an incompatible writer)")
     if not 1 <= n <= MAX_STREAMS:

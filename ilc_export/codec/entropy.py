@@ -24,6 +24,7 @@ A decoder that reads anything inconsistent raises BitstreamError (never crashes)
 from __future__ import annotations
 
 import numpy as np
+from ilc_reference.config import HYPER_DOWNSAMPLE
 
 from . import intnet
 from .errors import BitstreamError
@@ -76,6 +77,11 @@ class EntropyCodec:
             p = tables.gauss_pmf(k)
             lp[k, : len(p)] = tables.precision - np.log2(p)
         self._gauss_bits = lp
+        # fewest bits any symbol can cost (most probable symbol of the most peaked table):
+        # a stream shorter than n_symbols * this cannot be genuine (checked before decoding,
+        # so a tiny file claiming a huge image is refused before anything big is allocated)
+        self.min_bits_y = float(min(tables.precision - np.log2(tables.gauss_pmf(k).max()) for k in range(tables.num_scales)))
+        self.min_bits_w = float(min(tables.precision - np.log2(tables.prior_pmf(c).max()) for c in range(tables.hyper_channels)))
 
     def _categorical(self, pmf: np.ndarray):
         return self._Categorical(pmf.astype(np.float64), perfect=False)
@@ -110,7 +116,7 @@ class EntropyCodec:
 
     def y_shape_of(self, w_shape) -> tuple[int, int, int]:
         _, h, w = w_shape
-        return (self.tables.latent_channels, 4 * h, 4 * w)
+        return (self.tables.latent_channels, HYPER_DOWNSAMPLE * h, HYPER_DOWNSAMPLE * w)
 
     # encode --------------------------------------------------------------------
     def encode(self, w_hat: np.ndarray, y_sym: np.ndarray, indices: np.ndarray | None = None) -> list[bytes]:
@@ -220,6 +226,11 @@ class EntropyCodec:
             raise BitstreamError(f"hyper-latent shape {w_shape} does not match the model ({self.tables.hyper_channels} channels)")
         if y_shape != self.y_shape_of(w_shape):
             raise BitstreamError(f"latent shape {y_shape} does not match hyper-latent shape {w_shape}")
+        for name, data, n, b in (("hyper", streams[0], int(np.prod(w_shape)), self.min_bits_w),
+                                 ("latent", streams[1], int(np.prod(y_shape)), self.min_bits_y)):
+            if 8 * len(data) + 256 < 0.99 * n * b:  # slack: coder rounding, final words
+                raise BitstreamError(f"{name} stream of {len(data)} bytes is too short for {n} symbols "
+                                     "(truncated file or wrong image size)")
         w_hat = self.decode_w(streams[0], w_shape)
         indices = self.scale_indices(w_hat)
         return w_hat, self.decode_y(streams[1], indices)

@@ -135,7 +135,7 @@ class CodecTables:
         return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, np.ndarray], source: str = "tables") -> "CodecTables":
+    def from_tensors(cls, tensors: dict[str, np.ndarray], source: str = "tables") -> CodecTables:
         """Build from a dict holding ``tables.*`` keys (other keys are ignored); validates."""
         t = {k[len(TABLE_PREFIX):]: v for k, v in tensors.items() if k.startswith(TABLE_PREFIX)}
         if not t:
@@ -166,7 +166,7 @@ class CodecTables:
         return tab
 
     @classmethod
-    def load(cls, path: str | Path) -> "CodecTables":
+    def load(cls, path: str | Path) -> CodecTables:
         """Read and validate the ``tables.*`` tensors of a safetensors checkpoint."""
         from safetensors import safe_open
 
@@ -175,11 +175,9 @@ class CodecTables:
             raise FileNotFoundError(f"checkpoint not found: {path}")
         try:
             with safe_open(str(path), framework="numpy") as f:
-                keys = [k for k in f.keys() if k.startswith(TABLE_PREFIX)]
+                keys = [k for k in f.keys() if k.startswith(TABLE_PREFIX)]  # noqa: SIM118 - safe_open is not a dict
                 tensors = {k: f.get_tensor(k) for k in keys}
-        except (OSError, ValueError, RuntimeError) as e:  # safetensors raises SafetensorError(Exception)
-            raise TablesError(f"{path}: cannot read safetensors file: {e}") from e
-        except Exception as e:  # noqa: BLE001 - SafetensorError is not exported portably
+        except Exception as e:
             raise TablesError(f"{path}: cannot read safetensors file: {e}") from e
         return cls.from_tensors(tensors, source=str(path))
 
@@ -340,11 +338,17 @@ def model_id_of_file(path: str | Path) -> str:
             raise ValueError(f"{path}: not a safetensors file (bad header: {e})") from e
         base = 8 + n
         h = hashlib.sha256(b"ILC-MODEL-ID-1\0")
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
         for key in sorted(k for k in header if k != "__metadata__"):
-            info = header[key]
-            start, end = info["data_offsets"]
+            try:
+                info = header[key]
+                start, end = (int(x) for x in info["data_offsets"])
+                dtype, shape = str(info["dtype"]), [int(d) for d in info["shape"]]
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}: not a safetensors file (bad entry for {key!r})") from e
             if not 0 <= start <= end or base + end > size:
                 raise ValueError(f"{path}: tensor {key!r} lies outside the file")
             f.seek(base + start)
-            _hash_entry(h, key, info["dtype"], info["shape"], f.read(end - start))
+            _hash_entry(h, key, dtype, shape, f.read(end - start))
     return h.digest()[:MODEL_ID_BYTES].hex()

@@ -29,7 +29,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from ilc_reference.config import NUM_SCALES, PAD_MULTIPLE, SCALE_MAX, SCALE_MIN
 
 from .tables import TABLE_PREFIX, CodecTables, model_id_of_file
@@ -134,7 +133,7 @@ def gaussian_tables(precision: int = PRECISION):
     pmfs, radii = [], []
     for s in sig:
         v = np.arange(0, int(math.ceil(40 * s)) + 2, dtype=np.float64)
-        # two-sided mass of each value, computed in the upper tail for accuracy
+        # mass of each value v >= 0 (the table is symmetric), from erfc for tail accuracy
         pv = 0.5 * (np.vectorize(math.erfc)((v - 0.5) / (s * math.sqrt(2)))
                     - np.vectorize(math.erfc)((v + 0.5) / (s * math.sqrt(2))))
         pv[0] = 1.0 - math.erfc(0.5 / (s * math.sqrt(2)))
@@ -336,11 +335,10 @@ def finalize_checkpoint(ckpt_path: str | Path, calib_dir: str | Path | None = No
 
     Returns the new model id (covers weights and tables).
     """
+    import torch
+    from ilc_reference.checkpoint import load_model
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-    import torch
-
-    from ilc_reference.checkpoint import load_model
 
     ckpt_path = Path(ckpt_path)
     model = load_model(ckpt_path)

@@ -14,7 +14,7 @@ from ilc_reference.config import PAD_MULTIPLE, latent_shape, padded_size
 from ilc_reference.zsample import surrogate_z
 
 from ..backends.base import Runner
-from ..codec.bitstream import Header, pack, unpack
+from ..codec.bitstream import Header, check_model, pack, unpack
 from ..codec.entropy import EntropyCodec
 from ..codec.errors import BitstreamError
 from ..codec.tables import CodecTables
@@ -75,7 +75,7 @@ class ImageCodec:
         st = Stats(height=h, width=w)
         with _Timer(st, "transform"):
             lat = self.latents(img)
-        y_sym = np.round(lat["y"] - lat["mu"]).astype(np.int32)
+        y_sym = self.entropy.quantize_y(lat["y"], lat["mu"])
         with _Timer(st, "entropy"):
             streams = self.entropy.encode(lat["w_hat"], y_sym)
         ph, pw = padded_size(h, w)
@@ -93,11 +93,7 @@ class ImageCodec:
     # -- decode ---------------------------------------------------------------
     def read_header(self, data: bytes) -> tuple[Header, list[bytes]]:
         header, streams = unpack(data)
-        if header.model_id.hex() != self.model_id:
-            raise BitstreamError(
-                f"file was written by model {header.model_id.hex()}, but the loaded model is {self.model_id}; "
-                "decode with the matching --model"
-            )
+        check_model(header, self.model_id)
         return header, streams
 
     def decompress(self, data: bytes) -> tuple[np.ndarray, Stats]:

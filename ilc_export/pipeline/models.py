@@ -73,7 +73,9 @@ def find_model(model_id_hex: str, backend: str, search: list[Path] | None = None
         if root.is_file():
             candidates.append(root)
         elif root.is_dir():
-            candidates += [m.parent for m in sorted(root.rglob("manifest.json"))]
+            want = {"onnxruntime": "forward.onnx", "tensorrt": "forward.engine"}.get(backend)
+            candidates += [m.parent for m in sorted(root.rglob("manifest.json"))
+                           if want is None or any(m.parent.glob(want.split(".")[0] + "*." + want.split(".")[1]))]
     for c in candidates:
         try:
             if model_id(c) == model_id_hex:
