@@ -45,7 +45,7 @@ DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
 SAMPLE = ROOT / "ilc_export" / "data" / "kodim23.png"
 sys.path.insert(0, str(HERE))
 
-import flops as flops_mod  # noqa: E402
+import flops as flops_mod
 
 
 # model preparation ---------------------------------------------------------------
@@ -53,12 +53,12 @@ def has_tables(ckpt: Path) -> bool:
     from safetensors import safe_open
 
     with safe_open(str(ckpt), framework="numpy") as f:
-        return any(k.startswith("tables.") for k in f.keys())
+        return any(k.startswith("tables.") for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
 
 
 def prepare_models(ckpt: Path, onnx_dir: Path | None, tmp: Path, calib: Path | None = None,
-                   say=print) -> tuple[Path, Path]:
-    """(checkpoint with tables, ONNX export folder); never writes to `ckpt`."""
+                   say=print) -> tuple[Path, Path, list[str]]:
+    """(checkpoint with tables, ONNX export folder, warnings); never writes to `ckpt`."""
     from ilc_export.export.manifest import model_id_of_file, read_manifest
 
     ckpt = Path(ckpt)
@@ -66,6 +66,7 @@ def prepare_models(ckpt: Path, onnx_dir: Path | None, tmp: Path, calib: Path | N
         raise SystemExit(f"checkpoint not found: {ckpt}")
     # a copy first: training may overwrite the file while we read it
     copy = tmp / ckpt.name
+    warnings: list[str] = []
     shutil.copyfile(ckpt, copy)
     if not has_tables(copy):
         from ilc_export.codec.tables_build import finalize_checkpoint
@@ -80,23 +81,28 @@ def prepare_models(ckpt: Path, onnx_dir: Path | None, tmp: Path, calib: Path | N
     else:
         mid = read_manifest(Path(onnx_dir))["model_id"]
         if mid != model_id_of_file(copy):
-            say(f"warning: {onnx_dir} has model id {mid}, the checkpoint {model_id_of_file(copy)}: "
-                "the backends time different models")
-    return copy, Path(onnx_dir)
+            warnings.append(f"{onnx_dir} has model id {mid}, the checkpoint {model_id_of_file(copy)}: "
+                            "the backends time different models")
+            say("warning: " + warnings[-1])
+    return copy, Path(onnx_dir), warnings
 
 
 # machine peak ------------------------------------------------------------------
-_PEAK_CODE = """
-import sys, time, numpy as np
-n, repeat = int(sys.argv[1]), int(sys.argv[2])
-rng = np.random.default_rng(0)
-a = rng.standard_normal((n, n), dtype=np.float32); b = rng.standard_normal((n, n), dtype=np.float32)
-a @ b
-best = float("inf")
-for _ in range(repeat):
-    t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
-print(2.0 * n**3 / best / 1e9)
-"""
+def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """GFLOP/s of the best of `repeat` n^3 float32 numpy matmuls (after one warm-up)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best / 1e9
+
+
+_PEAK_CODE = "import sys; sys.path.insert(0, {here!r}); from bench_backends import matmul_gflops; print(matmul_gflops({n}, {r}))"
 
 
 def matmul_peak(threads: int, n: int = 2048, repeat: int = 5) -> tuple[float, str]:
@@ -104,25 +110,14 @@ def matmul_peak(threads: int, n: int = 2048, repeat: int = 5) -> tuple[float, st
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
+        # BLAS reads its thread count at import: measure in a fresh interpreter
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}
-        out = subprocess.run([sys.executable, "-c", _PEAK_CODE, str(n), str(repeat)], env=env,
-                             capture_output=True, text=True, check=True)
+        code = _PEAK_CODE.format(here=str(HERE), n=n, r=repeat)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         return float(out.stdout.strip().splitlines()[-1]), "subprocess, OPENBLAS/OMP/MKL_NUM_THREADS (no threadpoolctl)"
-    ns: dict = {}
     with threadpool_limits(limits=threads):
-        saved = sys.argv
-        try:
-            sys.argv = ["peak", str(n), str(repeat)]
-            import contextlib
-            import io
-
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                exec(_PEAK_CODE, ns)
-        finally:
-            sys.argv = saved
-    return float(buf.getvalue().strip().splitlines()[-1]), "threadpoolctl"
+        return matmul_gflops(n, repeat), "threadpoolctl"
 
 
 def torch_matmul_peak(threads: int, n: int = 2048, repeat: int = 3) -> float | None:
@@ -317,7 +312,7 @@ def tables(res: dict):
         t1.add_column(c, justify="left" if c in ("thr", "backend") else "right")
     t2 = Table(title="transform throughput vs this machine's float32 matmul peak (same thread count)")
     for c in ("thr", "backend", "enc GFLOP/s", "dec GFLOP/s", "peak numpy", "peak torch", "enc % peak", "dec % peak",
-              "bpp", "PSNR"):
+              "bpp", "PSNR", "same bits as torch"):
         t2.add_column(c, justify="left" if c in ("thr", "backend") else "right")
     for r in res["results"]:
         s, t = r["summary"], r["threads"]
@@ -329,7 +324,8 @@ def tables(res: dict):
         pk = res["peaks"][str(t)]
         t2.add_row(str(t), r["backend"], f"{s['enc_gflops']:.1f}", f"{s['dec_gflops']:.1f}", f"{pk['numpy_gflops']:.1f}",
                    "-" if pk["torch_gflops"] is None else f"{pk['torch_gflops']:.1f}",
-                   f"{s['enc_pct_peak']:.0f}%", f"{s['dec_pct_peak']:.0f}%", f"{s['mean_bpp']:.3f}", f"{s['mean_psnr']:.2f}")
+                   f"{s['enc_pct_peak']:.0f}%", f"{s['dec_pct_peak']:.0f}%", f"{s['mean_bpp']:.3f}", f"{s['mean_psnr']:.2f}",
+                   f"{s['same_bitstream_as_torch']}/{s['images']}" if "same_bitstream_as_torch" in s else "-")
     return t1, t2
 
 
@@ -375,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = machine_info()
     images = _images(args.images, args.limit)
     with tempfile.TemporaryDirectory(prefix="ilc-bench-") as tmp:
-        ckpt, onnx_dir = prepare_models(args.ckpt, args.onnx, Path(tmp), args.calib, say)
+        ckpt, onnx_dir, warnings = prepare_models(args.ckpt, args.onnx, Path(tmp), args.calib, say)
         res = run_bench(ckpt, onnx_dir, images, backends, threads, args.repeat, args.engines, args.peak_size, say)
         h, w = images[0][1].shape[:2]
         fl = flops_mod.model_flops(onnx_dir, h, w)
@@ -384,7 +380,8 @@ def main(argv: list[str] | None = None) -> dict:
     except OSError:
         pass
     res = {"machine": info, "checkpoint": str(args.ckpt), "images": [n for n, _ in images],
-           "backends": backends, "threads": threads, "repeat": args.repeat, **res}
+           "backends": backends, "threads": threads, "repeat": args.repeat,
+           "warnings": warnings, **res}
     con.print(flops_mod.flops_table(fl, f"MACs / FLOPs at {fl['forward']['height']}x{fl['forward']['width']}"))
     for t in tables(res):
         con.print(t)

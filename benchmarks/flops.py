@@ -195,7 +195,7 @@ def tables_weight_shapes(tables_file: str | Path) -> list[tuple[int, ...]]:
     from safetensors import safe_open
 
     with safe_open(str(tables_file), framework="numpy") as f:
-        keys = sorted(k for k in f.keys() if k.startswith("tables.hs.weight"))
+        keys = sorted(k for k in f.keys() if k.startswith("tables.hs.weight"))  # noqa: SIM118
         if len(keys) != 3:
             raise ValueError(f"{tables_file}: expected 3 tables.hs.weight* tensors, found {keys}")
         return [tuple(f.get_slice(k).get_shape()) for k in keys]
@@ -262,13 +262,13 @@ def main(argv: list[str] | None = None) -> dict:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from bench_backends import prepare_models
 
-            _, src = prepare_models(Path(args.ckpt), None, Path(tmp), say=lambda m: print(m, file=sys.stderr))
+            _, src, _ = prepare_models(Path(args.ckpt), None, Path(tmp), say=lambda m: print(m, file=sys.stderr))
         if src.is_dir():
             res = model_flops(src, h, w)
         else:
             r = graph_flops(src, h, w)
             res = {r["graph"]: r}
-    Console().print(flops_table(res, f"MACs / FLOPs at {h}x{w} (padded to multiples of 64)"))
+    Console(width=max(Console().width, 120)).print(flops_table(res, f"MACs / FLOPs at {h}x{w} (padded to multiples of 64)"))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return res

@@ -8,20 +8,18 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, randomize
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_backends  # noqa: E402
-import flops  # noqa: E402
+import bench_backends
+import flops
 
 
 @pytest.fixture(scope="module")
 def tiny_raw(tmp_path_factory):
     """A tiny random ILC checkpoint WITHOUT codec tables."""
     import torch
-
     from ilc_reference.checkpoint import save_checkpoint
     from ilc_reference.config import tiny_config
     from ilc_reference.model import build_model
@@ -48,6 +46,7 @@ def _sha(p):
 
 
 def test_graph_flops_matches_hand_count(tiny_export):
+    import torch
     from ilc_reference.checkpoint import load_model
 
     ckpt, onnx_dir = tiny_export
@@ -55,7 +54,7 @@ def test_graph_flops_matches_hand_count(tiny_export):
     h, w = 128, 192
     hh, hw = h // 64, w // 64  # hyper-latent grid
     # hyper_mean = conv3x3 at H/64, depth-to-space, conv3x3 at H/32, depth-to-space, conv3x3 at H/16
-    convs = [m for m in model.h_s_mean.net if isinstance(m, __import__("torch").nn.Conv2d)]
+    convs = [m for m in model.h_s_mean.net if isinstance(m, torch.nn.Conv2d)]
     hand = sum((hh << i) * (hw << i) * c.out_channels * c.in_channels * 9 for i, c in enumerate(convs))
     first = hh * hw * convs[0].out_channels * convs[0].in_channels * 9  # one conv, by hand
     assert first == 2 * 3 * 32 * 8 * 9
@@ -100,7 +99,8 @@ def test_graph_flops_single_conv_and_matmul(tmp_path):
     assert r["macs"] == conv + convt + mm and r["flops_per_pixel"] == 2 * r["macs"] / (64 * 128)
 
 
-def test_bench_backends_smoke(tiny_raw, tmp_path):
+def test_bench_backends_smoke(tiny_raw, tiny_export, tmp_path):
+    """Raw checkpoint (no tables): the bench finalizes a copy; the export is reused (--onnx)."""
     from PIL import Image
 
     imgs = tmp_path / "imgs"
@@ -110,9 +110,11 @@ def test_bench_backends_smoke(tiny_raw, tmp_path):
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(imgs / "b.png")
     before = _sha(tiny_raw)
     out = tmp_path / "bench.json"
-    res = bench_backends.main(["--ckpt", str(tiny_raw), "--images", str(imgs), "--limit", "1", "--threads", "1",
+    res = bench_backends.main(["--ckpt", str(tiny_raw), "--onnx", str(tiny_export[1]), "--images", str(imgs),
+                               "--limit", "1", "--threads", "1",
                                "--backends", "torch,ort", "--peak-size", "256", "--json", str(out), "--quiet"])
     assert _sha(tiny_raw) == before, "the input checkpoint must never be modified"
+    assert res["warnings"] == []  # the finalized copy is the model that was exported
     assert res["images"] == ["a.png"]
     by = {r["backend"]: r for r in res["results"]}
     assert set(by) == {"torch", "onnxruntime"}

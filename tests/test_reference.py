@@ -83,7 +83,7 @@ def _train(tmp_path, data, steps, extra=()):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({k: v for k, v in json.loads(tiny_config().to_json()).items() if k not in ("name", "kind")}))
     cmd = [sys.executable, "-m", "ilc_reference.train", "--data", str(data), "--out", str(tmp_path / "run"),
-           "--config", str(cfg), "--steps", str(steps), "--batch", "2", "--crop", "64", "--ckpt-every", "2",
+           "--config", str(cfg), "--steps", str(steps), "--batch", "2", "--crop", "64", "--ckpt-every", "2", "--pixels", "0",
            "--threads", "1", "--quiet", *extra]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
 

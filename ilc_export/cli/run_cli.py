@@ -31,8 +31,16 @@ def compress(
     threads: Optional[int] = ThreadsOpt,
     z_seed: Optional[int] = typer.Option(None, help="decode with a seeded z ~ N(0, T^2) instead of z = 0"),
     z_temperature: float = typer.Option(0.0, help="T for --z-seed"),
+    tile: Optional[int] = typer.Option(None, "--tile", help="largest tile side in pixels (a multiple of 64; "
+                                       "0 = never tile; default 1024): larger images are coded tile by tile"),
 ):
     """Compress images to .ilc bitstreams."""
+    from ..pipeline.tiling import check_tile_option
+
+    try:
+        check_tile_option(tile)
+    except ValueError as e:
+        fail(str(e))
     files = api.expand_inputs(inputs, api.IMAGE_SUFFIXES)
     if not files:
         fail("no input images found")
@@ -42,7 +50,7 @@ def compress(
         task = prog.add_task("compress", total=len(files), info="")
         for src in files:
             dst = api.output_path(src, output, len(files), api.BITSTREAM_SUFFIX)
-            r = api.compress_file(codec, src, dst, z_seed=z_seed, z_temperature=z_temperature)
+            r = api.compress_file(codec, src, dst, z_seed=z_seed, z_temperature=z_temperature, tile=tile)
             if r.error:
                 failed += 1
                 console.print(f"[red]error:[/] {r.error}", highlight=False)

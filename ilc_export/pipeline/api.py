@@ -1,8 +1,11 @@
 """Library API behind `ilc-run`: open a codec, code files, evaluate. Tests call these."""
 from __future__ import annotations
 
+import errno
 import glob
+import io
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -11,7 +14,7 @@ from ..backends import load_backend
 from ..codec.bitstream import unpack, write_atomic
 from ..codec.errors import BitstreamError
 from .codec import ImageCodec, Stats
-from .image_io import IMAGE_SUFFIXES, ImageError, load_rgb, save_rgb
+from .image_io import IMAGE_SUFFIXES, ImageError, load_rgb
 from .models import DEFAULT_QUALITY, ModelNotFound, find_model, shipped_checkpoint
 
 BITSTREAM_SUFFIX = ".ilc"
@@ -65,11 +68,81 @@ class FileResult:
     notes: list[str] | None = None
 
 
+def write_output(path: str | Path, data: bytes) -> Path:
+    """Create or replace `path` with `data` so that no partial file is ever visible, even if
+    the process is killed (SIGKILL) mid-write, and concurrent writers never mix bytes.
+
+    Linux: the bytes go to an anonymous file (O_TMPFILE) in the target folder, fsync, then
+    it is linked in under its final name; a process killed before that leaves nothing. An
+    existing target is replaced through a uniquely named link + rename (a window of two
+    system calls). Elsewhere (or on file systems without O_TMPFILE): ``write_atomic``
+    (unique temp file + rename, removed on any exception)."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir("/proc/self/fd"):
+        return write_atomic(path, data)
+    try:
+        fd = os.open(directory, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP):
+            return write_atomic(path, data)
+        raise
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        try:
+            os.fchmod(fd, path.stat().st_mode & 0o777)  # replacing: keep the old file's mode
+        except FileNotFoundError:
+            pass
+        os.fsync(fd)
+        src = f"/proc/self/fd/{fd}"
+        # a dir fd makes CPython use linkat(AT_SYMLINK_FOLLOW): link the open file, not the /proc symlink
+        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            try:
+                os.link(src, path.name, dst_dir_fd=dfd, follow_symlinks=True)
+            except FileExistsError:
+                tmp = f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+                os.link(src, tmp, dst_dir_fd=dfd, follow_symlinks=True)
+                try:
+                    os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                except BaseException:
+                    try:
+                        os.unlink(tmp, dir_fd=dfd)
+                    except FileNotFoundError:
+                        pass
+                    raise
+            except OSError as e:  # no usable /proc link (sandbox, exotic fs): the portable way
+                if e.errno not in (errno.EXDEV, errno.ENOENT, errno.EPERM, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                return write_atomic(path, data)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def encode_image(path: str | Path, img) -> bytes:
+    """An 8-bit RGB array as the bytes of an image file; the format follows the suffix (PNG default)."""
+    from PIL import Image
+
+    import numpy as np
+
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix, "PNG") if suffix else "PNG"
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8), "RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
 def compress_file(codec: ImageCodec, src: Path, dst: Path, **zopts) -> FileResult:
     try:
         img, notes = load_rgb(src)
         data, st = codec.compress(img, **zopts)
-        write_atomic(dst, data)
+        write_output(dst, data)
         return FileResult(src, dst, st, notes=notes)
     except (ImageError, BitstreamError, OSError) as e:
         return FileResult(src, None, error=str(e))
@@ -80,7 +153,7 @@ def decompress_file(codec_for: Callable[[bytes], ImageCodec], src: Path, dst: Pa
         data = src.read_bytes()
         codec = codec_for(data)
         img, st = codec.decompress(data)
-        save_rgb(dst, img)
+        write_output(dst, encode_image(dst, img))
         return FileResult(src, dst, st)
     except (BitstreamError, ModelNotFound, OSError) as e:
         return FileResult(src, None, error=f"{src}: {e}")
@@ -112,5 +185,5 @@ def default_threads() -> int:
 
 __all__ = [
     "BITSTREAM_SUFFIX", "IMAGE_SUFFIXES", "open_codec", "expand_inputs", "output_path", "compress_file",
-    "decompress_file", "CodecCache", "FileResult",
+    "decompress_file", "CodecCache", "FileResult", "write_output", "encode_image",
 ]

@@ -1,7 +1,8 @@
-"""Image <-> bitstream: padding, the backend's graphs, the entropy codec, the container.
+"""Image <-> bitstream: padding, tiles, the backend's graphs, the entropy codec, the container.
 
 The pipeline is the only layer that knows both a backend (arrays in, arrays out) and the
-codec core (symbols in, bytes out).
+codec core (symbols in, bytes out). Images larger than a tile (default 1024 px a side, see
+``tiling``) are coded tile by tile, so the transform's memory does not grow with the image.
 """
 from __future__ import annotations
 
@@ -10,15 +11,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ilc_reference.config import PAD_MULTIPLE, latent_shape, padded_size
-from ilc_reference.zsample import surrogate_z
+from ilc_reference.config import PAD_MULTIPLE, padded_size
 
 from ..backends.base import Runner
 from ..codec.bitstream import Header, check_model, pack, unpack
 from ..codec.entropy import EntropyCodec
 from ..codec.errors import BitstreamError
 from ..codec.tables import CodecTables
+from . import tiling
 from .image_io import from_nchw, pad_to_multiple, to_nchw
+
+_DEFAULT = object()
+
+
+def default_max_pixels() -> int | None:
+    """Largest image (pixels) decompress accepts by default: Pillow's MAX_IMAGE_PIXELS, the
+    limit compress honours when reading files (None when Pillow's limit is lifted)."""
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -60,6 +71,10 @@ class ImageCodec:
         self.entropy = EntropyCodec(self.tables)
         self.model_id = runner.model_id
         self.cfg = runner.config
+        #: largest tile side compress uses by default (0: never tile)
+        self.tile = tiling.DEFAULT_TILE
+        #: the backend's largest (height, width), e.g. a TensorRT profile's max; caps the tiles
+        self.max_shape = tiling.backend_max_shape(runner)
 
     # -- encode ---------------------------------------------------------------
     def latents(self, img: np.ndarray) -> dict[str, np.ndarray]:
@@ -70,24 +85,36 @@ class ImageCodec:
         mu = self.runner.run("hyper_mean", {"w_hat": w_hat[None].astype(np.float32)})["mu"][0]
         return {"y": out["y"][0], "z": out["z"][0], "w_hat": w_hat, "mu": mu}
 
-    def compress(self, img: np.ndarray, z_seed: int | None = None, z_temperature: float = 0.0) -> tuple[bytes, Stats]:
+    def compress(self, img: np.ndarray, z_seed: int | None = None, z_temperature: float = 0.0,
+                 tile: int | None = None) -> tuple[bytes, Stats]:
+        """HxWx3 uint8 -> file bytes. tile: largest tile side in pixels (multiple of
+        PAD_MULTIPLE; None: self.tile, default 1024; 0: one tile whatever the size). A
+        backend with a maximum shape (TensorRT profile) caps the tiles."""
+        img = np.asarray(img)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or img.shape[0] < 1 or img.shape[1] < 1:
+            raise ValueError(f"expected an HxWx3 uint8 image, got {img.dtype} {img.shape}")
         h, w = img.shape[:2]
         st = Stats(height=h, width=w)
-        with _Timer(st, "transform"):
-            lat = self.latents(img)
-        y_sym = self.entropy.quantize_y(lat["y"], lat["mu"])
-        with _Timer(st, "entropy"):
-            streams = self.entropy.encode(lat["w_hat"], y_sym)
         ph, pw = padded_size(h, w)
+        th, tw = tiling.choose_tiles(ph, pw, self.tile if tile is None else tile, self.max_shape)
         header = Header(
             model_id=bytes.fromhex(self.model_id), height=h, width=w, padded_height=ph, padded_width=pw,
             z_mode=0 if z_seed is None or z_temperature == 0 else 1,
-            z_seed=z_seed or 0, z_temperature=float(z_temperature),
+            z_seed=z_seed or 0, z_temperature=float(z_temperature), tile_height=th, tile_width=tw,
         )
+        header.validate()
+        streams: list[bytes] = []
+        for t in tiling.layout(header):
+            with _Timer(st, "transform"):
+                lat = self.latents(tiling.tile_pixels(img, t))
+            y_sym = self.entropy.quantize_y(lat["y"], lat["mu"])
+            with _Timer(st, "entropy"):
+                streams += self.entropy.encode(lat["w_hat"], y_sym)
+            st.num_symbols += y_sym.size + lat["w_hat"].size
+            del lat, y_sym
         with _Timer(st, "container"):
             data = pack(header, streams)
         st.num_bytes = len(data)
-        st.num_symbols = y_sym.size + lat["w_hat"].size
         return data, st
 
     # -- decode ---------------------------------------------------------------
@@ -96,19 +123,42 @@ class ImageCodec:
         check_model(header, self.model_id)
         return header, streams
 
-    def decompress(self, data: bytes) -> tuple[np.ndarray, Stats]:
+    def decompress(self, data: bytes, max_pixels: int | None = _DEFAULT) -> tuple[np.ndarray, Stats]:
+        """File bytes -> HxWx3 uint8; BitstreamError on anything wrong with the file.
+
+        max_pixels: refuse files claiming a larger image (default: Pillow's MAX_IMAGE_PIXELS;
+        None or 0: no limit). Every size the file claims is checked against its stream
+        lengths before anything image-sized is allocated; tiles are decoded one at a time.
+        """
         header, streams = self.read_header(data)
-        st = Stats(height=header.height, width=header.width, num_bytes=len(data))
-        if padded_size(header.height, header.width) != (header.padded_height, header.padded_width):
+        h, w = header.height, header.width
+        st = Stats(height=h, width=w, num_bytes=len(data))
+        if padded_size(h, w) != (header.padded_height, header.padded_width):
             raise BitstreamError("header padding does not match the image size")
-        shapes = latent_shape(self.cfg, header.padded_height, header.padded_width)
-        with _Timer(st, "entropy"):
-            w_hat, y_sym = self.entropy.decode(streams, shapes["w"], shapes["y"])
-        with _Timer(st, "transform"):
-            mu = self.runner.run("hyper_mean", {"w_hat": w_hat[None].astype(np.float32)})["mu"]
-            y_hat = (y_sym[None].astype(np.float32) + mu).astype(np.float32)
-            seed = header.z_seed if header.z_mode == 1 else None
-            z = surrogate_z((1, *shapes["z"]), seed, header.z_temperature)
-            x = self.runner.run("inverse", {"y_hat": y_hat, "z": z})["image"]
-        st.num_symbols = y_sym.size + w_hat.size
-        return from_nchw(x, header.height, header.width), st
+        limit = default_max_pixels() if max_pixels is _DEFAULT else max_pixels
+        if limit and h * w > limit:
+            raise BitstreamError(f"file claims a {w}x{h} image ({h * w} pixels), above the decoder's limit of "
+                                 f"{limit} pixels (Pillow's MAX_IMAGE_PIXELS; pass max_pixels=None to lift it)")
+        tiles = tiling.layout(header)
+        shapes = tiling.tile_shapes(self.cfg, tiles)
+        tiling.check_streams(self.entropy, tiles, shapes, streams)
+        seed = header.z_seed if header.z_mode == 1 else None
+        out = None
+        for t, sh in zip(tiles, shapes):
+            with _Timer(st, "entropy"):
+                w_hat, y_sym = self.entropy.decode(streams[2 * t.index:2 * t.index + 2], sh["w"], sh["y"])
+            with _Timer(st, "transform"):
+                mu = self.runner.run("hyper_mean", {"w_hat": w_hat[None].astype(np.float32)})["mu"]
+                y_hat = (y_sym[None].astype(np.float32) + mu).astype(np.float32)
+                z = tiling.tile_z((1, *sh["z"]), seed, header.z_temperature, t.index)
+                x = self.runner.run("inverse", {"y_hat": y_hat, "z": z})["image"]
+            st.num_symbols += y_sym.size + w_hat.size
+            del mu, y_hat, z
+            if not np.isfinite(x).all():  # only a forged (CRC-valid) file can push the transform there
+                x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+            ch, cw = t.crop_size(h, w)
+            if out is None:  # allocated once the first tile has decoded
+                out = np.empty((h, w, 3), np.uint8)
+            out[t.top:t.top + ch, t.left:t.left + cw] = from_nchw(x, ch, cw)
+            del x
+        return out, st

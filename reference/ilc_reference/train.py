@@ -40,6 +40,16 @@ def load_images(dirs: list[str], crop: int) -> list[np.ndarray]:
     return imgs
 
 
+def batch_geometry(rng: np.random.Generator, crops: list[int], batch: int, pixels: int | None) -> tuple[int, int]:
+    """(batch, crop) for one step. Several crop sizes stop the convs with zero padding from
+    learning position-specific behaviour tied to one latent geometry (which does not
+    generalise to full-size images); the batch keeps the pixels per step roughly constant."""
+    crop = int(crops[rng.integers(len(crops))]) if len(crops) > 1 else int(crops[0])
+    if pixels:
+        batch = max(1, round(pixels / crop**2))
+    return batch, crop
+
+
 def sample_batch(imgs, rng: np.random.Generator, batch: int, crop: int) -> torch.Tensor:
     out = np.empty((batch, crop, crop, 3), dtype=np.uint8)
     for i in range(batch):
@@ -103,7 +113,7 @@ def train(args) -> Path:
     for g in opt.param_groups:
         g["lr"] = args.lr
 
-    imgs = load_images(args.data, args.crop)
+    imgs = load_images(args.data, max(args.crop))
     log = open(out / "log.jsonl", "a")
     model.train()
     t0 = time.time()
@@ -115,7 +125,8 @@ def train(args) -> Path:
                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=args.quiet) as prog:
         task = prog.add_task(out.name, total=args.steps, completed=step, stats="")
         while step < args.steps:
-            x = sample_batch(imgs, rng, args.batch, args.crop).to(device)
+            bsz, crop = batch_geometry(rng, args.crop, args.batch, args.pixels)
+            x = sample_batch(imgs, rng, bsz, crop).to(device)
             res = model(x)
             loss, stats = model.loss(x, res)
             opt.zero_grad(set_to_none=True)
@@ -137,7 +148,7 @@ def train(args) -> Path:
                 }, state_path)
                 save_checkpoint(model.cpu(), out / "model", info={
                     "steps": step, "wall_s": round(wall_before + time.time() - t0), "lmbda": cfg.lmbda,
-                    "data": [str(d) for d in args.data], "crop": args.crop, "batch": args.batch, "device": str(device),
+                    "data": [str(d) for d in args.data], "crop": args.crop, "batch": args.batch, "pixels": args.pixels, "device": str(device),
                 })
                 model.to(device)
             if stop_at is not None and time.time() > stop_at:
@@ -157,7 +168,10 @@ def main(argv=None):
     p.add_argument("--init", default=None, help="start from these weights (e.g. another quality)")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--crop", type=int, nargs="+", default=[192, 256, 320],
+                   help="crop size(s); one is picked at random per step (multiples of 64)")
+    p.add_argument("--pixels", type=int, default=128 * 128 * 8,
+                   help="pixels per step: batch = round(pixels / crop^2); 0 = use --batch")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=200)

@@ -1,0 +1,68 @@
+"""Turn training runs into shipped checkpoints: rename, build codec tables, write the JSON card.
+
+    python scripts/ship_models.py runs/ilc_q1 runs/ilc_q2 ... [--calib ../shared/data/train/bsds500]
+
+Run folder names must be <kind>_q<N>; the shipped file is
+reference/ilc_reference/checkpoints/<kind>-q<N>.safetensors. Calibration of the integer
+scale network uses training images only (Kodak is for evaluation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def calib_folder(src: Path, n: int, dst: Path) -> Path:
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in {".jpg", ".png"})[:n]
+    for p in files:
+        with Image.open(p) as im:
+            a = np.asarray(im.convert("RGB"))
+        h, w = a.shape[0] // 64 * 64, a.shape[1] // 64 * 64
+        Image.fromarray(a[:h, :w]).save(dst / (p.stem + ".png"))
+    return dst
+
+
+def main():
+    import torch
+
+    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_reference.checkpoint import load_model, save_checkpoint
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--calib", type=Path, default=ROOT.parent / "shared" / "data" / "train" / "bsds500")
+    ap.add_argument("--calib-count", type=int, default=12)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    out_dir = ROOT / "reference" / "ilc_reference" / "checkpoints"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        calib = calib_folder(args.calib, args.calib_count, Path(tmp))
+        for run in args.runs:
+            kind, q = run.name.split("_q")
+            src = run / "model.safetensors"
+            info = json.loads((run / "model.json").read_text())["info"]
+            model = load_model(src)
+            model.cfg.name = f"{kind}-q{q}"
+            staged = Path(tmp) / f"{kind}-q{q}.safetensors"
+            save_checkpoint(model, staged, info={**info, "shipped_from": run.name})
+            mid = finalize_checkpoint(staged, calib)
+            dst = out_dir / staged.name
+            shutil.copyfile(staged, dst)
+            shutil.copyfile(staged.with_suffix(".json"), dst.with_suffix(".json"))
+            card = json.loads(dst.with_suffix(".json").read_text())
+            card["model_id"] = mid
+            dst.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+            print(f"{dst.name}: model id {mid}, steps {info.get('steps')}, lambda {model.cfg.lmbda}")
+
+
+if __name__ == "__main__":
+    main()
