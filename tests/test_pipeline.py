@@ -143,3 +143,17 @@ def test_onnxruntime_path_does_not_import_torch():
         "ilc_export.cli.run_cli; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_lab_and_animated_inputs(tmp_path):
+    from PIL import ImageCms
+
+    rgb = Image.new("RGB", (8, 8), (200, 30, 40))
+    to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+    ImageCms.applyTransform(rgb, to_lab).save(tmp_path / "lab.tif")
+    arr, notes = load_rgb(tmp_path / "lab.tif")
+    assert np.abs(arr[0, 0].astype(int) - [200, 30, 40]).max() <= 3 and "CIELAB" in notes[0]
+    frames = [Image.new("RGB", (4, 4), c) for c in [(255, 0, 0), (0, 255, 0)]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    arr, notes = load_rgb(tmp_path / "anim.gif")
+    assert arr.shape == (4, 4, 3) and any("first" in n for n in notes)

@@ -39,6 +39,8 @@ def load_rgb(path: str | Path) -> tuple[np.ndarray, list[str]]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
+                if getattr(im, "n_frames", 1) > 1:
+                    notes.append(f"{im.n_frames} frames: only the first is coded")
                 im = ImageOps.exif_transpose(im)
                 arr = _to_rgb8(im, notes)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -59,6 +61,8 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(im, dtype=np.float64)
+        # 16-bit modes span 0..65535; a 32-bit "I" image is read as 16-bit when any value
+        # exceeds 255 (PNG/TIFF store 16-bit gray as "I"), else as 8-bit
         top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
         a = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
         notes.append(f"{mode} grayscale scaled to 8 bits and replicated to RGB")
@@ -68,6 +72,12 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
         a = np.clip(np.round(a), 0, 255).astype(np.uint8)
         notes.append("float grayscale clipped to 8 bits and replicated to RGB")
         return np.repeat(a[:, :, None], 3, axis=2)
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        notes.append("CIELAB converted to sRGB")
+        xform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+        return np.ascontiguousarray(np.asarray(ImageCms.applyTransform(im, xform), dtype=np.uint8))
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         notes.append("alpha channel dropped (only RGB is coded)")
     if mode in ("RGB;16", "RGBA;16") or (mode.startswith("RGB") and im.getbands() and np.asarray(im).dtype != np.uint8):
