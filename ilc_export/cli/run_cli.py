@@ -45,20 +45,30 @@ def compress(
     if not files:
         fail("no input images found")
     codec = api.open_codec(model, quality, backend, **_backend_options(threads))
+
+    def done(src, dst, r):
+        for n in r.notes or []:
+            console.print(f"[yellow]note:[/] {src}: {n}", highlight=False)
+        return f"{src} -> {dst}  {r.stats.num_bytes} bytes  {r.stats.bpp:.4f} bpp  {r.stats.total_time * 1000:.0f} ms"
+
+    _batch("compress", files, lambda src: api.output_path(src, output, len(files), api.BITSTREAM_SUFFIX),
+           lambda src, dst: api.compress_file(codec, src, dst, z_seed=z_seed, z_temperature=z_temperature, tile=tile),
+           done)
+
+
+def _batch(name, files, dst_of, work, describe):
+    """Run `work` over files with a progress bar; report each failure, finish the rest, exit 1 if any failed."""
     failed = 0
     with progress() as prog:
-        task = prog.add_task("compress", total=len(files), info="")
+        task = prog.add_task(name, total=len(files), info="")
         for src in files:
-            dst = api.output_path(src, output, len(files), api.BITSTREAM_SUFFIX)
-            r = api.compress_file(codec, src, dst, z_seed=z_seed, z_temperature=z_temperature, tile=tile)
+            dst = dst_of(src)
+            r = work(src, dst)
             if r.error:
                 failed += 1
                 console.print(f"[red]error:[/] {r.error}", highlight=False)
             else:
-                for n in r.notes or []:
-                    console.print(f"[yellow]note:[/] {src}: {n}", highlight=False)
-                out.print(f"{src} -> {dst}  {r.stats.num_bytes} bytes  {r.stats.bpp:.4f} bpp  "
-                          f"{r.stats.total_time * 1000:.0f} ms", highlight=False)
+                out.print(describe(src, dst, r), highlight=False)
             prog.update(task, advance=1, info=src.name)
     if failed:
         fail(f"{failed} of {len(files)} files failed")
@@ -79,28 +89,18 @@ def decompress(
     if not files:
         fail("no input bitstreams found")
     cache = api.CodecCache(model, backend, **_backend_options(threads))
-    failed = 0
-    with progress() as prog:
-        task = prog.add_task("decompress", total=len(files), info="")
-        for src in files:
-            dst = api.output_path(src, output, len(files), ".png")
-            r = api.decompress_file(cache, src, dst)
-            if r.error:
-                failed += 1
-                console.print(f"[red]error:[/] {r.error}", highlight=False)
-            else:
-                msg = f"{src} -> {dst}  {r.stats.width}x{r.stats.height}  {r.stats.total_time * 1000:.0f} ms"
-                if reference is not None and len(files) == 1:
-                    from ..pipeline.image_io import load_rgb
-                    from ..pipeline.metrics import psnr
 
-                    ref, _ = load_rgb(reference)
-                    dec, _ = load_rgb(dst)
-                    msg += f"  PSNR {psnr(ref, dec):.2f} dB  {r.stats.bpp:.4f} bpp"
-                out.print(msg, highlight=False)
-            prog.update(task, advance=1, info=src.name)
-    if failed:
-        fail(f"{failed} of {len(files)} files failed")
+    def done(src, dst, r):
+        msg = f"{src} -> {dst}  {r.stats.width}x{r.stats.height}  {r.stats.total_time * 1000:.0f} ms"
+        if reference is not None and len(files) == 1:
+            from ..pipeline.image_io import load_rgb
+            from ..pipeline.metrics import psnr
+
+            msg += f"  PSNR {psnr(load_rgb(reference)[0], load_rgb(dst)[0]):.2f} dB  {r.stats.bpp:.4f} bpp"
+        return msg
+
+    _batch("decompress", files, lambda src: api.output_path(src, output, len(files), ".png"),
+           lambda src, dst: api.decompress_file(cache, src, dst), done)
 
 
 @app.command()

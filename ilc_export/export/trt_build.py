@@ -27,7 +27,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -120,22 +119,10 @@ def sha256_file(path: Path) -> str:
 
 
 def atomic_write(path: Path, data: bytes | memoryview) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from ..codec.bitstream import write_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, bytes(data))
 
 
 def load_onnx_manifest(onnx_dir: Path) -> dict:

@@ -168,7 +168,7 @@ def build_report(images: Path, out: Path, backends: list[str], qualities: list[i
 
 
 def render_markdown(s: dict) -> str:
-    L = [f"# ILC report\n", f"Images: `{s['images']}` ({s['n_images']} images). Machine: {s['machine']}.\n",
+    L = ["# ILC report\n", f"Images: `{s['images']}` ({s['n_images']} images). Machine: {s['machine']}.\n",
          "![RD PSNR](rd_psnr.png)\n", "![RD MS-SSIM](rd_msssim.png)\n",
          "## Rate-distortion (mean over images, real file sizes)\n"]
     for name, r in s["curves"].items():
