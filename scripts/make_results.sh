@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Regenerate every published number from the shipped checkpoints (about 30-40 min on 2 cores).
+#   bash scripts/make_results.sh [KODAK_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KODAK=${1:-../shared/data/kodak}
+PY=${PY:-.venv/bin/python}
+BIN=$(dirname "$PY")
+mkdir -p docs/results
+for q in 1 2 3; do
+  $BIN/ilc-export onnx --ckpt reference/ilc_reference/checkpoints/ilc-q$q.safetensors --out engines/ilc-q$q/onnx --fp16
+done
+$BIN/ilc-run report "$KODAK" --out docs/results --backends torch,onnxruntime
+$PY scripts/runtime_checks.py --images "$KODAK" --out docs/results/runtime_checks.json
+$PY scripts/cross_backend.py --ckpt reference/ilc_reference/checkpoints/ilc-q2.safetensors --onnx engines/ilc-q2/onnx \
+    --images "$KODAK" --threads 2 --json docs/results/cross_backend_q2.json
+$PY scripts/reference_card.py --images "$KODAK" --out docs/results/reference_estimated.json
+$BIN/ilc-export trt --onnx engines/ilc-q2/onnx --out engines/ilc-q2/trt 2>&1 | tee docs/results/trt_build_q2_fp32.txt
+$BIN/ilc-export trt --onnx engines/ilc-q2/onnx --out engines/ilc-q2/trt-fp16 --fp16 2>&1 | tee docs/results/trt_build_q2_fp16.txt

@@ -1,0 +1,47 @@
+"""Model-card numbers from the float checkpoints: estimated bpp (likelihoods), PSNR, MS-SSIM
+per shipped model on Kodak, in CompressAI's JSON format, plus invertibility of f.
+
+    python scripts/reference_card.py [--images ../shared/data/kodak] [--out docs/results/reference_estimated.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    from ilc_export.pipeline.api import expand_inputs
+    from ilc_export.pipeline.image_io import IMAGE_SUFFIXES
+    from ilc_export.pipeline.models import checkpoint_dir
+    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "reference_estimated.json")
+    args = ap.parse_args()
+    files = expand_inputs([args.images], IMAGE_SUFFIXES)
+    out = {}
+    for kind in ("ilc", "baseline"):
+        ckpts = sorted(checkpoint_dir().glob(f"{kind}-q*.safetensors"))
+        rows = [evaluate_reference(c, files) for c in ckpts]
+        for c, r in zip(ckpts, rows):
+            print(f"{c.stem}: est {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}")
+        out[kind] = {
+            "name": f"{kind} reference (estimated rate)",
+            "description": "float model, rate from likelihoods (not real files), Kodak",
+            "results": {"bpp": [r["bpp"] for r in rows], "psnr-rgb": [r["psnr"] for r in rows],
+                        "ms-ssim-rgb": [r["ms_ssim"] for r in rows]},
+            "models": [c.stem for c in ckpts],
+        }
+    inv = {c.stem: invertibility_error(c, files[0]) for c in sorted(checkpoint_dir().glob("ilc-q*.safetensors"))}
+    print("max |f^-1(f(x)) - x| on", files[0].name, inv)
+    out["invertibility_max_abs"] = {"image": files[0].name, **inv}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
