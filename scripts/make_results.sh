@@ -10,7 +10,12 @@ mkdir -p docs/results
 for q in 1 2 3; do
   $BIN/ilc-export onnx --ckpt reference/ilc_reference/checkpoints/ilc-q$q.safetensors --out engines/ilc-q$q/onnx --fp16
 done
-$BIN/ilc-run report "$KODAK" --out docs/results --backends torch,onnxruntime
+for q in 1 2 3; do
+  $BIN/ilc-export verify engines/ilc-q$q/onnx --image "$KODAK/kodim01.png" --image "$KODAK/kodim23.png" \
+      --threads 2 --json docs/results/parity_q$q.json || true   # a failure is reported in the table
+done
+$BIN/ilc-run report "$KODAK" --out docs/results --backends torch,onnxruntime \
+    --parity docs/results/parity_q1.json --parity docs/results/parity_q2.json --parity docs/results/parity_q3.json
 $PY scripts/runtime_checks.py --images "$KODAK" --out docs/results/runtime_checks.json
 $PY scripts/cross_backend.py --ckpt reference/ilc_reference/checkpoints/ilc-q2.safetensors --onnx engines/ilc-q2/onnx \
     --images "$KODAK" --threads 2 --json docs/results/cross_backend_q2.json

@@ -163,6 +163,7 @@ def report(
     formats: str = typer.Option("JPEG,WEBP,AVIF", "--formats", help="Pillow codecs to sweep"),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="include the conv baseline (paper claim)"),
     limit: Optional[int] = typer.Option(None, help="only the first N images"),
+    parity: Optional[list[Path]] = typer.Option(None, "--parity", help="`ilc-export verify --json` outputs to include"),
 ):
     """RD curves, BD-rates vs JPEG/WebP/AVIF and anchors, speed per backend: report.md + report.html."""
     from ..pipeline.models import shipped_qualities
@@ -174,7 +175,7 @@ def report(
     exports = {be: [export_root / f"ilc-q{q}" / sub[be] for q in qs] for be in bes if be in sub}
     fmts = tuple(f.strip().upper() for f in formats.split(",") if f.strip())
     with progress() as prog:
-        s = build_report(directory, out_dir, bes, qs, exports, anchors, fmts, baseline, limit, prog)
+        s = build_report(directory, out_dir, bes, qs, exports, anchors, fmts, baseline, limit, prog, parity)
     for r in s["bd_rate"]:
         v = r.get("vs_jpeg_psnr-rgb")
         if v is not None:

@@ -185,3 +185,16 @@ def bd_rate(anchor: dict, test: dict, metric: str = "psnr-rgb") -> float:
     ia, it = np.polyint(pa), np.polyint(pt)
     avg = ((np.polyval(it, hi) - np.polyval(it, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo)
     return float((np.exp(avg) - 1) * 100)
+
+
+def bd_psnr(anchor: dict, test: dict, metric: str = "psnr-rgb") -> float:
+    """Bjontegaard delta quality (dB for PSNR) of `test` vs `anchor` over the overlapping
+    log-rate range; usable where two curves share no quality range (BD-rate is then undefined)."""
+    ra, da = np.log(np.asarray(anchor["results"]["bpp"])), np.asarray(anchor["results"][metric])
+    rt, dt = np.log(np.asarray(test["results"]["bpp"])), np.asarray(test["results"][metric])
+    lo, hi = max(ra.min(), rt.min()), min(ra.max(), rt.max())
+    if lo >= hi:
+        return float("nan")
+    deg = min(3, len(da) - 1, len(dt) - 1)
+    ia, it = np.polyint(np.polyfit(ra, da, deg)), np.polyint(np.polyfit(rt, dt, deg))
+    return float(((np.polyval(it, hi) - np.polyval(it, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..codec.bitstream import write_atomic
-from .rd import ResultCache, bd_rate, evaluate_codec, load_results, pillow_curve, write_results_json
+from .rd import ResultCache, bd_psnr, bd_rate, evaluate_codec, load_results, pillow_curve, write_results_json
 
 DEFAULT_ANCHORS = Path(__file__).resolve().parents[3] / "shared" / "data" / "anchors" / "kodak"
 
@@ -49,7 +49,7 @@ def load_anchors(folder: Path | None) -> list[dict]:
         try:
             d = load_results(p)
             if d.get("results", {}).get("bpp"):
-                d.setdefault("name", p.stem)
+                d["name"] = f"{d.get('name', p.stem)} [{p.stem}]"
                 out.append(d)
         except (ValueError, OSError):
             continue
@@ -58,6 +58,10 @@ def load_anchors(folder: Path | None) -> list[dict]:
 
 def _fmt(v: float) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:+.1f}%"
+
+
+def _db(v) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:+.2f} dB"
 
 
 def _plot(curves: list[dict], anchors: list[dict], metric: str, path: Path, title: str) -> None:
@@ -94,7 +98,7 @@ def _plot(curves: list[dict], anchors: list[dict], metric: str, path: Path, titl
 def build_report(images: Path, out: Path, backends: list[str], qualities: list[int] | None = None,
                  export_dirs: dict[str, Path] | None = None, anchors_dir: Path | None = None,
                  pillow_formats=("JPEG", "WEBP", "AVIF"), include_baseline: bool = True,
-                 limit: int | None = None, progress=None, parity: dict | None = None) -> dict:
+                 limit: int | None = None, progress=None, parity_files: list[Path] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache = ResultCache(out / "cache.jsonl")
     curves: dict[str, dict] = {}
@@ -132,6 +136,10 @@ def build_report(images: Path, out: Path, backends: list[str], qualities: list[i
                 row[f"vs_jpeg_{m}_check"] = bd_rate_crosscheck(jpeg, c, m)
             if ref is not None and c is not ref:
                 row[f"vs_ilc_{m}"] = bd_rate(ref, c, m)
+        if jpeg is not None and c is not jpeg:
+            row["bd_psnr_vs_jpeg"] = bd_psnr(jpeg, c)
+        if ref is not None and c is not ref:
+            row["bd_psnr_vs_ilc"] = bd_psnr(ref, c)
         rows.append(row)
     anchor_rows = []
     for a in anchors:
@@ -155,16 +163,32 @@ def build_report(images: Path, out: Path, backends: list[str], qualities: list[i
             speed.append({"codec": name, "model": pt[0]["model"], "enc_s": enc, "dec_s": dec,
                           "entropy_share": ent / (enc + dec)})
 
+    parity = [parity_rows(json.loads(Path(p).read_text())) for p in parity_files or []]
     summary = {"images": str(images), "n_images": len(next(iter(curves.values()))["per_image"][0]),
                "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, "
                           f"{__import__('os').cpu_count()} cores",
-               "bd_rate": rows, "anchors": anchor_rows, "speed": speed, "parity": parity or {},
+               "bd_rate": rows, "anchors": anchor_rows, "speed": speed, "parity": [r for rows_ in parity for r in rows_],
                "curves": {k: v["results"] for k, v in curves.items()}}
     write_atomic(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
     md = render_markdown(summary)
     write_atomic(out / "report.md", md.encode())
     write_atomic(out / "report.html", render_html(md).encode())
     return summary
+
+
+def parity_rows(rep: dict) -> list[dict]:
+    """Flatten an `ilc-export verify --json` report: one row per model, precision and graph."""
+    rows = []
+    for prec, p in rep.get("precisions", {}).items():
+        if "skipped" in p:
+            continue
+        for g, outs in p["graphs"].items():
+            vals = [o for o in outs.values() if "max_abs" in o]
+            rows.append({"model": rep.get("model_name"), "precision": prec, "graph": g,
+                         "max_abs": max((o["max_abs"] for o in vals), default=float("nan")),
+                         "mean_abs": max((o["mean_abs"] for o in vals), default=float("nan")),
+                         "psnr_vs_torch_min": p["psnr_vs_torch_min"], "pass": all(o["pass"] for o in outs.values())})
+    return rows
 
 
 def render_markdown(s: dict) -> str:
@@ -175,11 +199,14 @@ def render_markdown(s: dict) -> str:
         pts = ", ".join(f"{b:.3f} bpp / {p:.2f} dB" for b, p in zip(r["bpp"], r["psnr-rgb"]))
         L.append(f"- **{name}**: {pts}")
     L += ["\n## BD-rate (negative = fewer bits for the same quality)\n",
-          "| codec | vs JPEG (PSNR) | check (bjontegaard pchip) | vs JPEG (MS-SSIM) | vs ILC torch (PSNR) |",
-          "|---|---|---|---|---|"]
+          "| codec | vs JPEG (PSNR) | check (bjontegaard pchip) | vs JPEG (MS-SSIM) | vs ILC torch (PSNR) | BD-PSNR vs JPEG | BD-PSNR vs ILC torch |",
+          "|---|---|---|---|---|---|---|"]
     for r in s["bd_rate"]:
         L.append(f"| {r['codec']} | {_fmt(r.get('vs_jpeg_psnr-rgb'))} | {_fmt(r.get('vs_jpeg_psnr-rgb_check'))} | "
-                 f"{_fmt(r.get('vs_jpeg_ms-ssim-rgb'))} | {_fmt(r.get('vs_ilc_psnr-rgb'))} |")
+                 f"{_fmt(r.get('vs_jpeg_ms-ssim-rgb'))} | {_fmt(r.get('vs_ilc_psnr-rgb'))} | "
+                 f"{_db(r.get('bd_psnr_vs_jpeg'))} | {_db(r.get('bd_psnr_vs_ilc'))} |")
+    L.append("\nBD-rate is n/a where two curves share no quality range; BD-PSNR (dB at equal rate, "
+             "over the shared rate range) still compares them.")
     if s["anchors"]:
         L += ["\n## ILC (torch) vs published anchor curves (PSNR BD-rate)\n", "| anchor | BD-rate | check |", "|---|---|---|"]
         for a in s["anchors"]:
@@ -189,7 +216,12 @@ def render_markdown(s: dict) -> str:
     for r in s["speed"]:
         L.append(f"| {r['codec']} | {r['model']} | {r['enc_s']:.3f} | {r['dec_s']:.3f} | {100 * r['entropy_share']:.1f}% |")
     if s["parity"]:
-        L += ["\n## Parity\n", "```", json.dumps(s["parity"], indent=1), "```"]
+        L += ["\n## Parity: ONNX Runtime vs torch (`ilc-export verify`)\n",
+              "| model | precision | graph | max abs | mean abs | reconstruction PSNR vs torch (min) | pass |",
+              "|---|---|---|---|---|---|---|"]
+        for r in s["parity"]:
+            L.append(f"| {r['model']} | {r['precision']} | {r['graph']} | {r['max_abs']:.2e} | {r['mean_abs']:.2e} | "
+                     f"{r['psnr_vs_torch_min']:.2f} dB | {'yes' if r['pass'] else 'NO'} |")
     return "\n".join(L) + "\n"
 
 
