@@ -71,7 +71,7 @@ def main():
         "y_symbols_differ": sum(r["y_symbols_differ"] for r in rows),
         "w_symbols_differ": sum(r["w_symbols_differ"] for r in rows),
         "symbols": sum(r["symbols"] for r in rows),
-        "identical_files": sum(r["bytes"]["ort"] == r["bytes"]["torch"] for r in rows),
+        "same_size_files": sum(r["bytes"]["ort"] == r["bytes"]["torch"] for r in rows),
     }
     print(json.dumps(summary, indent=1))
     if args.json:

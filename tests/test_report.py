@@ -32,3 +32,9 @@ def test_bd_rate_without_overlap_is_nan():
 def test_html_renders_tables_and_images():
     html = render_html("# T\n\n![x](rd.png)\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     assert "<table" in html and "<img src=\"rd.png\"" in html and "<td>1</td>" in html
+
+
+def test_bd_rate_refuses_non_monotonic_curves():
+    a = curve([0.2, 0.4, 0.8], [25, 27, 29])
+    b = curve([0.2, 0.3, 0.4], [26, 27, 25])  # quality falls at the top: BD-rate undefined
+    assert math.isnan(bd_rate(a, b))

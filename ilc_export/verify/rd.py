@@ -170,6 +170,11 @@ def load_results(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def _increasing(rate: np.ndarray, quality: np.ndarray) -> bool:
+    q = quality[np.argsort(rate)]
+    return bool(np.all(np.diff(q) > 0))
+
+
 def bd_rate(anchor: dict, test: dict, metric: str = "psnr-rgb") -> float:
     """Bjontegaard delta rate (%) of `test` vs `anchor`: cubic fit of log-rate over quality,
     integrated over the overlapping quality range. Negative = test needs fewer bits."""
@@ -177,6 +182,8 @@ def bd_rate(anchor: dict, test: dict, metric: str = "psnr-rgb") -> float:
     rt, dt = np.log(np.asarray(test["results"]["bpp"])), np.asarray(test["results"][metric])
     if metric.startswith("ms-ssim"):
         da, dt = -10 * np.log10(1 - da), -10 * np.log10(1 - dt)
+    if not (_increasing(ra, da) and _increasing(rt, dt)):
+        return float("nan")  # quality must rise with rate, else rate is not a function of quality
     lo, hi = max(da.min(), dt.min()), min(da.max(), dt.max())
     if lo >= hi:
         return float("nan")  # no overlap in quality

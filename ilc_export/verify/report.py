@@ -70,14 +70,15 @@ def _plot(curves: list[dict], anchors: list[dict], metric: str, path: Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(11.5, 5.8), dpi=100)
     for a in anchors:
         r = a["results"]
         if metric in r and len(r[metric]) == len(r["bpp"]):
             ax.plot(r["bpp"], r[metric], "--", lw=1, alpha=0.7, label=f"{a['name']} (published)")
+    marks = iter("osD^v<>p*h")
     for c in curves:
         r = c["results"]
-        ax.plot(r["bpp"], r[metric], "o-", lw=2, label=c["name"])
+        ax.plot(r["bpp"], r[metric], next(marks, "o") + "-", lw=2, ms=5, label=c["name"])
     ax.set_xlabel("bits per pixel (real file size)")
     ax.set_ylabel("PSNR RGB (dB)" if metric.startswith("psnr") else "MS-SSIM RGB")
     ax.set_xlim(0, 1.6)
@@ -86,7 +87,7 @@ def _plot(curves: list[dict], anchors: list[dict], metric: str, path: Path, titl
     else:
         ax.set_ylim(0.85, 1.0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title)
     fig.tight_layout()
     tmp = path.with_suffix(".part.png")
@@ -205,7 +206,7 @@ def render_markdown(s: dict) -> str:
         L.append(f"| {r['codec']} | {_fmt(r.get('vs_jpeg_psnr-rgb'))} | {_fmt(r.get('vs_jpeg_psnr-rgb_check'))} | "
                  f"{_fmt(r.get('vs_jpeg_ms-ssim-rgb'))} | {_fmt(r.get('vs_ilc_psnr-rgb'))} | "
                  f"{_db(r.get('bd_psnr_vs_jpeg'))} | {_db(r.get('bd_psnr_vs_ilc'))} |")
-    L.append("\nBD-rate is n/a where two curves share no quality range; BD-PSNR (dB at equal rate, "
+    L.append("\nBD-rate is n/a where two curves share no quality range or a curve is not monotonic; BD-PSNR (dB at equal rate, "
              "over the shared rate range) still compares them.")
     if s["anchors"]:
         L += ["\n## ILC (torch) vs published anchor curves (PSNR BD-rate)\n", "| anchor | BD-rate | check |", "|---|---|---|"]
