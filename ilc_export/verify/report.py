@@ -147,7 +147,13 @@ def build_report(images: Path, out: Path, backends: list[str], qualities: list[i
         if ref is None:
             break
         anchor_rows.append({"anchor": a["name"], "ilc_vs_anchor_psnr": bd_rate(a, ref, "psnr-rgb"),
-                            "ilc_vs_anchor_psnr_check": bd_rate_crosscheck(a, ref, "psnr-rgb")})
+                            "ilc_vs_anchor_psnr_check": bd_rate_crosscheck(a, ref, "psnr-rgb"),
+                            "ilc_vs_anchor_bd_psnr": bd_psnr(a, ref)})
+    base = curves.get("Baseline conv (torch)")
+    claim = None
+    if ref is not None and base is not None:
+        claim = {m: {"bd_rate_ilc_vs_baseline": bd_rate(base, ref, m), "bd_psnr_ilc_vs_baseline": bd_psnr(base, ref, m)}
+                 for m in ("psnr-rgb", "ms-ssim-rgb")}
 
     _plot(list(curves.values()), anchors, "psnr-rgb", out / "rd_psnr.png", f"Kodak-style RD, {images}")
     _plot(list(curves.values()), anchors, "ms-ssim-rgb", out / "rd_msssim.png", f"Kodak-style RD, {images}")
@@ -168,7 +174,7 @@ def build_report(images: Path, out: Path, backends: list[str], qualities: list[i
     summary = {"images": str(images), "n_images": len(next(iter(curves.values()))["per_image"][0]),
                "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, "
                           f"{__import__('os').cpu_count()} cores",
-               "bd_rate": rows, "anchors": anchor_rows, "speed": speed, "parity": [r for rows_ in parity for r in rows_],
+               "bd_rate": rows, "anchors": anchor_rows, "paper_claim": claim, "speed": speed, "parity": [r for rows_ in parity for r in rows_],
                "curves": {k: v["results"] for k, v in curves.items()}}
     write_atomic(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
     md = render_markdown(summary)
@@ -209,9 +215,17 @@ def render_markdown(s: dict) -> str:
     L.append("\nBD-rate is n/a where two curves share no quality range or a curve is not monotonic; BD-PSNR (dB at equal rate, "
              "over the shared rate range) still compares them.")
     if s["anchors"]:
-        L += ["\n## ILC (torch) vs published anchor curves (PSNR BD-rate)\n", "| anchor | BD-rate | check |", "|---|---|---|"]
+        L += ["\n## ILC (torch) vs published anchor curves (PSNR)\n", "| anchor | BD-rate | check | BD-PSNR |", "|---|---|---|---|"]
         for a in s["anchors"]:
-            L.append(f"| {a['anchor']} | {_fmt(a['ilc_vs_anchor_psnr'])} | {_fmt(a['ilc_vs_anchor_psnr_check'])} |")
+            L.append(f"| {a['anchor']} | {_fmt(a['ilc_vs_anchor_psnr'])} | {_fmt(a['ilc_vs_anchor_psnr_check'])} | "
+                     f"{_db(a.get('ilc_vs_anchor_bd_psnr'))} |")
+    if s.get("paper_claim"):
+        c = s["paper_claim"]
+        L += ["\n## Paper claim: ILC vs the non-invertible baseline (same entropy model, equal training budget)\n",
+              "| metric | BD-rate ILC vs baseline | BD-quality ILC vs baseline |", "|---|---|---|",
+              f"| PSNR | {_fmt(c['psnr-rgb']['bd_rate_ilc_vs_baseline'])} | {_db(c['psnr-rgb']['bd_psnr_ilc_vs_baseline'])} |",
+              f"| MS-SSIM | {_fmt(c['ms-ssim-rgb']['bd_rate_ilc_vs_baseline'])} | "
+              f"{c['ms-ssim-rgb']['bd_psnr_ilc_vs_baseline']:+.4f} (MS-SSIM units) |"]
     L += ["\n## Speed (seconds per image, this machine, one run)\n",
           "| codec | model | encode s | decode s | entropy coder share |", "|---|---|---|---|---|"]
     for r in s["speed"]:
