@@ -52,3 +52,16 @@ def tiny_ckpt(tmp_path_factory):
     path = save_checkpoint(model, tmp_path_factory.mktemp("tiny") / "ilc-tiny")
     finalize_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_ckpt):
+    """An ImageCodec on the tiny checkpoint, torch backend, one thread (deterministic timing-free tests)."""
+    import torch
+
+    from ilc_export.pipeline.api import open_codec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield open_codec(tiny_ckpt, backend="torch")
+    torch.set_num_threads(threads)

@@ -17,11 +17,6 @@ from conftest import ROOT
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def codec(tiny_ckpt):
-    return open_codec(tiny_ckpt, backend="torch")
-
-
 @pytest.mark.parametrize("size", [(1, 1), (64, 64), (77, 130), (513, 49)])
 def test_round_trip_any_size(codec, size):
     rng = np.random.default_rng(1)

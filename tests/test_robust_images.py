@@ -16,7 +16,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ilc_export.cli.run_cli import app
-from ilc_export.pipeline.api import open_codec
 from ilc_export.pipeline.image_io import ImageError, load_rgb
 
 
@@ -27,16 +26,6 @@ def write_png(path, width, height, bit_depth, color_type, rows: bytes) -> None:
 
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
-
-
-@pytest.fixture(scope="module")
-def codec(tiny_ckpt):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield open_codec(tiny_ckpt, backend="torch")
-    torch.set_num_threads(threads)
 
 
 def test_decompression_bomb_header_is_refused_without_reading(tmp_path):

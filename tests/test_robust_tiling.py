@@ -8,18 +8,7 @@ from typer.testing import CliRunner
 from ilc_export.cli.run_cli import app
 from ilc_export.codec.bitstream import Header, unpack
 from ilc_export.pipeline import tiling
-from ilc_export.pipeline.api import open_codec
 from ilc_reference.zsample import surrogate_z
-
-
-@pytest.fixture(scope="module")
-def codec(tiny_ckpt):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield open_codec(tiny_ckpt, backend="torch")
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
