@@ -152,3 +152,21 @@ def test_lab_and_animated_inputs(tmp_path):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     arr, notes = load_rgb(tmp_path / "anim.gif")
     assert arr.shape == (4, 4, 3) and any("first" in n for n in notes)
+
+
+def test_cli_parallel_jobs_give_the_same_files(tiny_ckpt, tmp_path, sample_image):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(sample_image[i * 64:(i + 1) * 64, :96]).save(src / f"{i}.png")
+    outs = {}
+    for jobs in (1, 3):
+        out = tmp_path / f"bits{jobs}"
+        r = runner.invoke(app, ["compress", str(src), "-o", str(out), "--model", str(tiny_ckpt), "-j", str(jobs)])
+        assert r.exit_code == 0, r.output
+        outs[jobs] = {p.name: p.read_bytes() for p in out.iterdir()}
+        dec = tmp_path / f"dec{jobs}"
+        r = runner.invoke(app, ["decompress", str(out), "-o", str(dec), "-j", str(jobs), "--model", str(tiny_ckpt)])
+        assert r.exit_code == 0, r.output
+        assert len(list(dec.iterdir())) == 4
+    assert outs[1] == outs[3]

@@ -14,6 +14,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 BackendOpt = typer.Option("torch", "--backend", "-b", help="torch | onnxruntime | tensorrt")
 ModelOpt = typer.Option(None, "--model", "-m", help="checkpoint (.safetensors), ONNX export folder or engine folder")
 ThreadsOpt = typer.Option(None, "--threads", help="intra-op threads for the backend (default: all cores)")
+JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="images coded concurrently (threads sharing one model); "
+                       "e.g. -j 2 --threads 1 on a 2-core machine")
 
 
 def _backend_options(threads):
@@ -31,6 +33,7 @@ def compress(
     threads: Optional[int] = ThreadsOpt,
     z_seed: Optional[int] = typer.Option(None, help="decode with a seeded z ~ N(0, T^2) instead of z = 0"),
     z_temperature: float = typer.Option(0.0, help="T for --z-seed"),
+    jobs: int = JobsOpt,
     tile: Optional[int] = typer.Option(None, "--tile", help="largest tile side in pixels (a multiple of 64; "
                                        "0 = never tile; default 1024): larger images are coded tile by tile"),
 ):
@@ -53,23 +56,38 @@ def compress(
 
     _batch("compress", files, lambda src: api.output_path(src, output, len(files), api.BITSTREAM_SUFFIX),
            lambda src, dst: api.compress_file(codec, src, dst, z_seed=z_seed, z_temperature=z_temperature, tile=tile),
-           done)
+           done, jobs)
 
 
-def _batch(name, files, dst_of, work, describe):
-    """Run `work` over files with a progress bar; report each failure, finish the rest, exit 1 if any failed."""
+def _batch(name, files, dst_of, work, describe, jobs: int = 1):
+    """Run `work` over files with a progress bar; report each failure, finish the rest, exit 1 if any failed.
+
+    jobs > 1 runs files concurrently in threads sharing one model: the backends and numpy
+    release the GIL, so this helps when each image alone cannot use every core.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     failed = 0
-    with progress() as prog:
-        task = prog.add_task(name, total=len(files), info="")
-        for src in files:
-            dst = dst_of(src)
-            r = work(src, dst)
-            if r.error:
-                failed += 1
-                console.print(f"[red]error:[/] {r.error}", highlight=False)
+    pool = ThreadPoolExecutor(jobs) if jobs > 1 else None
+    try:
+        with progress() as prog:
+            task = prog.add_task(name, total=len(files), info="")
+            todo = [(src, dst_of(src)) for src in files]
+            if pool is None:
+                results = ((src, dst, work(src, dst)) for src, dst in todo)
             else:
-                out.print(describe(src, dst, r), highlight=False)
-            prog.update(task, advance=1, info=src.name)
+                futs = [(src, dst, pool.submit(work, src, dst)) for src, dst in todo]
+                results = ((src, dst, f.result()) for src, dst, f in futs)  # report in input order
+            for src, dst, r in results:
+                if r.error:
+                    failed += 1
+                    console.print(f"[red]error:[/] {r.error}", highlight=False)
+                else:
+                    out.print(describe(src, dst, r), highlight=False)
+                prog.update(task, advance=1, info=src.name)
+    finally:
+        if pool is not None:  # on Ctrl-C: drop what has not started, let running files finish atomically
+            pool.shutdown(wait=True, cancel_futures=True)
     if failed:
         fail(f"{failed} of {len(files)} files failed")
 
@@ -83,6 +101,7 @@ def decompress(
     backend: str = BackendOpt,
     threads: Optional[int] = ThreadsOpt,
     reference: Optional[Path] = typer.Option(None, "--reference", help="original image: print PSNR against it"),
+    jobs: int = JobsOpt,
 ):
     """Decompress .ilc bitstreams to PNG (the model is found from the id in each file)."""
     files = api.expand_inputs(inputs, {api.BITSTREAM_SUFFIX})
@@ -100,7 +119,7 @@ def decompress(
         return msg
 
     _batch("decompress", files, lambda src: api.output_path(src, output, len(files), ".png"),
-           lambda src, dst: api.decompress_file(cache, src, dst), done)
+           lambda src, dst: api.decompress_file(cache, src, dst), done, jobs)
 
 
 @app.command()

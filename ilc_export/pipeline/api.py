@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import threading
 import io
 import os
 import secrets
@@ -166,8 +167,13 @@ class CodecCache:
         self.model, self.backend, self.search, self.options = model, backend, search, options
         self._by_id: dict[str, ImageCodec] = {}
         self._fixed: ImageCodec | None = None
+        self._lock = threading.Lock()  # batches may decode in threads
 
     def __call__(self, data: bytes) -> ImageCodec:
+        with self._lock:
+            return self._get(data)
+
+    def _get(self, data: bytes) -> ImageCodec:
         if self.model is not None:
             if self._fixed is None:
                 self._fixed = ImageCodec(load_backend(self.backend, self.model, **self.options))
