@@ -22,3 +22,4 @@ $PY scripts/cross_backend.py --ckpt reference/ilc_reference/checkpoints/ilc-q2.s
 $PY scripts/reference_card.py --images "$KODAK" --out docs/results/reference_estimated.json
 $BIN/ilc-export trt --onnx engines/ilc-q2/onnx --out engines/ilc-q2/trt 2>&1 | tee docs/results/trt_build_q2_fp32.txt
 $BIN/ilc-export trt --onnx engines/ilc-q2/onnx --out engines/ilc-q2/trt-fp16 --fp16 2>&1 | tee docs/results/trt_build_q2_fp16.txt
+$PY scripts/update_docs.py
