@@ -112,7 +112,7 @@ def test_fp16_layers_report(built):
 
 def test_precision_check_fails_without_fp32_islands(export_dir, tmp_path):
     """An fp16 graph whose Exp/Sigmoid run in fp16 must not become an engine."""
-    naive = {g: to_fp16(onnx.load(str(export_dir / f"{g}.onnx")), keep=()) for g in ("forward", "inverse")}
+    naive = {g: to_fp16(onnx.load(str(export_dir / f"{g}.onnx"))) for g in ("forward", "inverse")}
     bad = tampered_export(export_dir, tmp_path / "naive", naive)
     out = tmp_path / "eng"
     with pytest.raises(tb.PrecisionCheckError) as ei:
@@ -128,7 +128,7 @@ def test_precision_check_fails_without_fp32_islands(export_dir, tmp_path):
 def test_precision_check_fails_when_policy_dropped(export_dir, tmp_path):
     """keep_fp32=False builds hyper_mean from an fp16 graph: the check catches it."""
     bad = tampered_export(export_dir, tmp_path / "hm16",
-                          {"hyper_mean": to_fp16(onnx.load(str(export_dir / "hyper_mean.onnx")), keep=())})
+                          {"hyper_mean": to_fp16(onnx.load(str(export_dir / "hyper_mean.onnx")))})
     with pytest.raises(tb.PrecisionCheckError, match="hyper_mean"):
         _build(bad, tmp_path / "eng", True, graphs=["hyper_mean"], keep_fp32=False)
     # with the policy (default) the fp32 file is used and all is well
