@@ -17,7 +17,7 @@ from conftest import ROOT
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("size", [(1, 1), (64, 64), (77, 130), (513, 49)])
+@pytest.mark.parametrize("size", [(1, 1), (64, 64), (77, 130), (513, 49), (1, 4000), (4000, 1), (2, 65)])
 def test_round_trip_any_size(codec, size):
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
