@@ -17,12 +17,14 @@ def _perturb(a: np.ndarray, rel: float, rng: np.random.Generator) -> np.ndarray:
     return (a * (1 + rel * rng.standard_normal(a.shape))).astype(np.float32)
 
 
-def perturbed_round_trip(codec: ImageCodec, img: np.ndarray, rel: float = 1e-3, seed: int = 0) -> dict:
+def perturbed_round_trip(codec: ImageCodec, img: np.ndarray, rel: float = 1e-3, seed: int = 0,
+                         ref: dict | None = None) -> dict:
+    """`ref`: the clean encoder's `codec.latents(img)`, if the caller already has them."""
     from ilc_reference.config import PAD_MULTIPLE, latent_shape
 
     rng = np.random.default_rng(seed)
     x = to_nchw(pad_to_multiple(img, PAD_MULTIPLE))
-    ref = codec.latents(img)
+    ref = ref if ref is not None else codec.latents(img)
     out = codec.runner.run("forward", {"image": x})
     w_hat = codec.entropy.quantize_w(_perturb(out["w"][0], rel, rng))
     mu = codec.runner.run("hyper_mean", {"w_hat": w_hat[None].astype(np.float32)})["mu"][0]
