@@ -127,22 +127,32 @@ def test_model_id_file_equals_dict_and_changes(tiny, tmp_path):
     t = dict(tiny[1])
     t["w.weight"] = np.arange(6, dtype=np.float32).reshape(2, 3)
     p = tmp_path / "m.safetensors"
-    save_file(t, str(p), metadata={"config": "{}"})
+    cfg = {"kind": "ilc", "clamp": 1.0, "name": "a", "lmbda": 0.01}
+    save_file(t, str(p), metadata={"config": json.dumps(cfg)})
     mid = model_id_of_file(p)
     assert len(mid) == 32 and int(mid, 16) >= 0
-    assert compute_model_id(t) == mid
-    save_file(t, str(p), metadata={"config": "{}", "info": "other"})  # metadata does not count
+    assert compute_model_id(t, cfg) == mid
+    # training info and training-only config fields do not count; key order does not either
+    save_file(t, str(p), metadata={"config": json.dumps({"lmbda": 0.5, "name": "b", "clamp": 1.0, "kind": "ilc"}),
+                                   "info": "other"})
     assert model_id_of_file(p) == mid
+    # the architecture does: equal tensors under another clamp decode differently
+    save_file(t, str(p), metadata={"config": json.dumps({**cfg, "clamp": 2.0})})
+    assert model_id_of_file(p) != mid
+    assert compute_model_id(t) != mid  # no config at all
+    save_file(t, str(p), metadata={"config": "not json"})
+    with pytest.raises(ValueError, match="config is not JSON"):
+        model_id_of_file(p)
     t2 = dict(t)
     t2["w.weight"] = t["w.weight"].copy()
     t2["w.weight"][0, 0] = np.nextafter(np.float32(0), np.float32(1))
-    assert compute_model_id(t2) != mid
+    assert compute_model_id(t2, cfg) != mid
     t3 = dict(t)
     t3[TABLE_PREFIX + "hs.bias2"] = t[TABLE_PREFIX + "hs.bias2"] + 1
-    assert compute_model_id(t3) != mid
+    assert compute_model_id(t3, cfg) != mid
     t4 = dict(t)
     t4["w.weight"] = t["w.weight"].reshape(3, 2)  # same bytes, other shape
-    assert compute_model_id(t4) != mid
+    assert compute_model_id(t4, cfg) != mid
 
 
 def test_finalize_checkpoint(tmp_path):

@@ -296,14 +296,46 @@ def _hash_entry(h, key: str, st_dtype: str, shape, data: bytes | memoryview) -> 
     h.update(data)
 
 
-def compute_model_id(tensors: dict[str, np.ndarray]) -> str:
-    """Model id of a set of tensors: sha256 over the sorted (key, dtype, shape, bytes) of
-    every tensor (weights and tables alike), first 16 bytes as 32 hex characters.
+# Config fields that only steer training; everything else in the checkpoint's config
+# changes what the transforms compute, so it is part of the id.
+TRAINING_ONLY_FIELDS = ("name", "lmbda", "beta")
+_ID_DOMAIN = b"ILC-MODEL-ID-2\0"
 
+
+def _config_bytes(config: str | dict | None) -> bytes:
+    """Canonical bytes of the decode-relevant config (sorted keys, training-only fields dropped)."""
+    if config is None:
+        return b""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"checkpoint config is not JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError("checkpoint config is not a JSON object")
+    arch = {k: v for k, v in config.items() if k not in TRAINING_ONLY_FIELDS}
+    return json.dumps(arch, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _new_id_hash(config) -> "hashlib._Hash":
+    h = hashlib.sha256(_ID_DOMAIN)
+    cb = _config_bytes(config)
+    h.update(struct.pack("<Q", len(cb)) + cb)
+    return h
+
+
+def compute_model_id(tensors: dict[str, np.ndarray], config: str | dict | None = None) -> str:
+    """Model id of a set of tensors and their model config: sha256 over the config's
+    architecture fields (canonical JSON) and the sorted (key, dtype, shape, bytes) of every
+    tensor (weights and tables alike), first 16 bytes as 32 hex characters.
+
+    The config counts because two checkpoints with equal tensors but, say, another
+    coupling clamp decode differently; the file's other metadata (training info) does not.
     dtype is the safetensors name (F32, I32, ...); bytes are little-endian C order, so
-    the id equals :func:`model_id_of_file` of a safetensors file holding the same tensors.
+    the id equals :func:`model_id_of_file` of a safetensors file holding the same tensors
+    with this config in its metadata.
     """
-    h = hashlib.sha256(b"ILC-MODEL-ID-1\0")
+    h = _new_id_hash(config)
     for key in sorted(tensors):
         a = np.asarray(tensors[key])
         dt = a.dtype.newbyteorder("<")
@@ -316,7 +348,7 @@ def compute_model_id(tensors: dict[str, np.ndarray]) -> str:
 
 
 def model_id_of_file(path: str | Path) -> str:
-    """Model id of a safetensors checkpoint (all its tensors; metadata excluded).
+    """Model id of a safetensors checkpoint: its tensors and the ``config`` metadata entry.
 
     Reads the safetensors header directly, so it works for any dtype (bf16 included)
     and never loads the whole file into numpy.
@@ -337,9 +369,13 @@ def model_id_of_file(path: str | Path) -> str:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a safetensors file (bad header: {e})") from e
         base = 8 + n
-        h = hashlib.sha256(b"ILC-MODEL-ID-1\0")
         if not isinstance(header, dict):
             raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
+        meta = header.get("__metadata__") or {}
+        try:
+            h = _new_id_hash(meta.get("config") if isinstance(meta, dict) else None)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
         for key in sorted(k for k in header if k != "__metadata__"):
             try:
                 info = header[key]

@@ -43,29 +43,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _fallback_model_id(path: Path) -> str:
-    """Stand-in for ``ilc_export.codec.tables.model_id_of_file``: sha256 of the tensors.
-
-    Hashes every tensor's name, dtype, shape and bytes in sorted-name order (metadata
-    excluded), truncated to 16 bytes. Only used while the codec core lacks its own.
-    """
-    from safetensors.numpy import load_file
-
-    h = hashlib.sha256()
-    for name, arr in sorted(load_file(str(path)).items()):
-        h.update(name.encode())
-        h.update(str(arr.dtype).encode())
-        h.update(repr(tuple(arr.shape)).encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()[:32]
-
-
 def model_id_of_file(path: Path) -> str:
-    """Model id of a checkpoint: the codec core's definition when it exists."""
-    try:
-        from ..codec.tables import model_id_of_file as codec_model_id
-    except ImportError:
-        return _fallback_model_id(Path(path))
+    """Model id of a checkpoint (the codec core owns the definition)."""
+    from ..codec.tables import model_id_of_file as codec_model_id
+
     return codec_model_id(Path(path))
 
 
