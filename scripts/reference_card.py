@@ -17,16 +17,22 @@ def main():
     from ilc_export.pipeline.image_io import IMAGE_SUFFIXES
     from ilc_export.pipeline.models import checkpoint_dir
     from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error
+    from ilc_reference.checkpoint import load_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "reference_estimated.json")
     args = ap.parse_args()
     files = expand_inputs([args.images], IMAGE_SUFFIXES)
-    out = {}
+    out, inv = {}, {}
     for kind in ("ilc", "baseline"):
         ckpts = sorted(checkpoint_dir().glob(f"{kind}-q*.safetensors"))
-        rows = [evaluate_reference(c, files) for c in ckpts]
+        rows = []
+        for c in ckpts:
+            model = load_model(c)
+            rows.append(evaluate_reference(model, files))
+            if kind == "ilc":
+                inv[c.stem] = invertibility_error(model, files[0])
         for c, r in zip(ckpts, rows):
             print(f"{c.stem}: est {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}")
         out[kind] = {
@@ -36,7 +42,6 @@ def main():
                         "ms-ssim-rgb": [r["ms_ssim"] for r in rows]},
             "models": [c.stem for c in ckpts],
         }
-    inv = {c.stem: invertibility_error(c, files[0]) for c in sorted(checkpoint_dir().glob("ilc-q*.safetensors"))}
     print("max |f^-1(f(x)) - x| on", files[0].name, inv)
     out["invertibility_max_abs"] = {"image": files[0].name, **inv}
     args.out.parent.mkdir(parents=True, exist_ok=True)

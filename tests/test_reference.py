@@ -111,3 +111,21 @@ def test_training_resumes_exactly(tmp_path):
         assert torch.equal(wa[k], wb[k]), k
     log = [json.loads(l) for l in (resumed / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
+
+
+def test_reference_eval_helpers(tmp_path):
+    """The model-card numbers: estimated rate and invertibility, from one loaded model."""
+    from PIL import Image
+
+    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error
+
+    rng = np.random.default_rng(3)
+    f = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(f)
+    torch.manual_seed(0)
+    ilc = randomize(build_model(tiny_config()), scale=0.1).eval()
+    r = evaluate_reference(ilc, [f, f])
+    assert len(r["per_image"]) == 2 and r["bpp"] > 0 and 0 < r["psnr"] < 100 and 0 < r["ms_ssim"] <= 1
+    assert invertibility_error(ilc, f) < 1e-4
+    with pytest.raises(ValueError, match="not invertible"):
+        invertibility_error(build_model(tiny_config(kind="baseline")).eval(), f)

@@ -1,7 +1,7 @@
-"""Estimated-rate evaluation of a float checkpoint (no entropy coding), and invertibility.
+"""Estimated-rate evaluation of a float reference model (no entropy coding), and invertibility.
 
 Used for the model card and for watching training; the real-file numbers come from
-`ilc-run eval`.
+`ilc-run eval`. Both take a loaded model so a caller reads each checkpoint once.
 """
 from __future__ import annotations
 
@@ -13,18 +13,23 @@ from ..pipeline.image_io import from_nchw, load_rgb, pad_to_multiple, to_nchw
 from ..pipeline.metrics import ms_ssim, psnr
 
 
-def evaluate_reference(ckpt: Path, images: list[Path], progress=None) -> dict:
+def _padded(image: Path):
     import torch
 
-    from ilc_reference.checkpoint import load_model
     from ilc_reference.config import PAD_MULTIPLE
 
-    model = load_model(ckpt)
+    img, _ = load_rgb(image)
+    return img, torch.from_numpy(to_nchw(pad_to_multiple(img, PAD_MULTIPLE)))
+
+
+def evaluate_reference(model, images: list[Path], progress=None) -> dict:
+    """Mean estimated bpp (likelihoods of the rounded latents), PSNR and MS-SSIM."""
+    import torch
+
     rows = []
     for f in images:
-        img, _ = load_rgb(f)
+        img, x = _padded(f)
         h, w = img.shape[:2]
-        x = torch.from_numpy(to_nchw(pad_to_multiple(img, PAD_MULTIPLE)))
         with torch.inference_mode():
             out = model(x, quant="round")
         rec = from_nchw(out["x_hat"].numpy(), h, w)
@@ -40,16 +45,11 @@ def evaluate_reference(ckpt: Path, images: list[Path], progress=None) -> dict:
     }
 
 
-def invertibility_error(ckpt: Path, image: Path) -> float:
+def invertibility_error(model, image: Path) -> float:
     """max |f^-1(f(x)) - x| without quantisation (ILC only)."""
     import torch
 
-    from ilc_reference.checkpoint import load_model
-    from ilc_reference.config import PAD_MULTIPLE
-
-    model = load_model(ckpt)
-    img, _ = load_rgb(image)
-    x = torch.from_numpy(to_nchw(pad_to_multiple(img, PAD_MULTIPLE)))
+    _, x = _padded(image)
     with torch.inference_mode():
         y, z = model.analysis(x)
         if z is None:
