@@ -1,5 +1,6 @@
 """Model-card numbers from the float checkpoints: estimated bpp (likelihoods), PSNR, MS-SSIM
-per shipped model on Kodak, in CompressAI's JSON format, plus invertibility of f.
+per shipped model on Kodak, in CompressAI's JSON format, plus invertibility of f and the
+PSNR ceiling that decoding with z = 0 puts on each ILC (f^-1(y, 0) with y unquantised).
 
     python scripts/reference_card.py [--images ../shared/data/kodak] [--out docs/results/reference_estimated.json]
 """
@@ -16,7 +17,7 @@ def main():
     from ilc_export.pipeline.api import expand_inputs
     from ilc_export.pipeline.image_io import IMAGE_SUFFIXES
     from ilc_export.pipeline.models import checkpoint_dir
-    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error
+    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error, z_zero_ceiling
     from ilc_reference.checkpoint import load_model
 
     ap = argparse.ArgumentParser()
@@ -24,7 +25,7 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "reference_estimated.json")
     args = ap.parse_args()
     files = expand_inputs([args.images], IMAGE_SUFFIXES)
-    out, inv = {}, {}
+    out, inv, ceiling = {}, {}, {}
     for kind in ("ilc", "baseline"):
         ckpts = sorted(checkpoint_dir().glob(f"{kind}-q*.safetensors"))
         rows = []
@@ -33,6 +34,7 @@ def main():
             rows.append(evaluate_reference(model, files))
             if kind == "ilc":
                 inv[c.stem] = invertibility_error(model, files[0])
+                ceiling[c.stem] = z_zero_ceiling(model, files)
         for c, r in zip(ckpts, rows):
             print(f"{c.stem}: est {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}")
         out[kind] = {
@@ -44,6 +46,8 @@ def main():
         }
     print("max |f^-1(f(x)) - x| on", files[0].name, inv)
     out["invertibility_max_abs"] = {"image": files[0].name, **inv}
+    print("PSNR of f^-1(y, z=0), y unquantised (the z = 0 ceiling):", {k: round(v, 2) for k, v in ceiling.items()})
+    out["z_zero_ceiling_psnr"] = ceiling
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
 

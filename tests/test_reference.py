@@ -117,7 +117,7 @@ def test_reference_eval_helpers(tmp_path):
     """The model-card numbers: estimated rate and invertibility, from one loaded model."""
     from PIL import Image
 
-    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error
+    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error, z_zero_ceiling
 
     rng = np.random.default_rng(3)
     f = tmp_path / "a.png"
@@ -127,5 +127,8 @@ def test_reference_eval_helpers(tmp_path):
     r = evaluate_reference(ilc, [f, f])
     assert len(r["per_image"]) == 2 and r["bpp"] > 0 and 0 < r["psnr"] < 100 and 0 < r["ms_ssim"] <= 1
     assert invertibility_error(ilc, f) < 1e-4
+    # dropping z costs quality the rounded latents cannot get back: the ceiling is finite and
+    # above the quantised reconstruction of the same image
+    assert r["psnr"] - 1.0 < z_zero_ceiling(ilc, [f]) < 100
     with pytest.raises(ValueError, match="not invertible"):
         invertibility_error(build_model(tiny_config(kind="baseline")).eval(), f)

@@ -55,3 +55,21 @@ def invertibility_error(model, image: Path) -> float:
         if z is None:
             raise ValueError("the baseline is not invertible")
         return float((model.synthesis(y, z) - x).abs().max())
+
+
+def z_zero_ceiling(model, images: list[Path]) -> float:
+    """Mean PSNR of f^-1(y, 0) with y unquantised (ILC only): the best any rate can reach
+    with z = 0 at decode, i.e. how much the invertible transform has learnt to push into y."""
+    import torch
+
+    vals = []
+    for f in images:
+        img, x = _padded(f)
+        h, w = img.shape[:2]
+        with torch.inference_mode():
+            y, z = model.analysis(x)
+            if z is None:
+                raise ValueError("the baseline has no z")
+            rec = from_nchw(model.synthesis(y, torch.zeros_like(z)).numpy(), h, w)
+        vals.append(psnr(img, rec))
+    return float(np.mean(vals))
