@@ -17,7 +17,7 @@ def main():
     from ilc_export.pipeline.api import expand_inputs
     from ilc_export.pipeline.image_io import IMAGE_SUFFIXES
     from ilc_export.pipeline.models import checkpoint_dir
-    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error, z_zero_ceiling
+    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error
     from ilc_reference.checkpoint import load_model
 
     ap = argparse.ArgumentParser()
@@ -34,7 +34,7 @@ def main():
             rows.append(evaluate_reference(model, files))
             if kind == "ilc":
                 inv[c.stem] = invertibility_error(model, files[0])
-                ceiling[c.stem] = z_zero_ceiling(model, files)
+                ceiling[c.stem] = rows[-1]["z_zero_ceiling_psnr"]
         for c, r in zip(ckpts, rows):
             print(f"{c.stem}: est {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}")
         out[kind] = {

@@ -22,10 +22,9 @@ def main():
     from rich.progress import track
 
     from ilc_export.pipeline.api import expand_inputs, open_codec
-    from ilc_export.pipeline.image_io import IMAGE_SUFFIXES, load_rgb, pad_to_multiple, to_nchw
+    from ilc_export.pipeline.image_io import IMAGE_SUFFIXES, load_rgb, model_input
     from ilc_export.pipeline.models import shipped_checkpoint, shipped_qualities
     from ilc_export.verify.robust import perturbed_round_trip
-    from ilc_reference.config import PAD_MULTIPLE
     from ilc_reference.entropy import scale_index_from_log
 
     ap = argparse.ArgumentParser()
@@ -53,7 +52,7 @@ def main():
             b_float = codec.entropy.estimate_bits(lat["w_hat"], y_sym, float_idx)["total"]
             # the float model's own estimate (continuous sigma, float CDFs)
             with torch.inference_mode():
-                out = model(torch.from_numpy(to_nchw(pad_to_multiple(img, PAD_MULTIPLE))), quant="round")
+                out = model(torch.from_numpy(model_input(img)), quant="round")
             est = float(out["bits"])
             pr = perturbed_round_trip(codec, img, rel=1e-3, seed=len(rows), ref=lat)
             rows.append({

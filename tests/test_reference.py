@@ -117,7 +117,7 @@ def test_reference_eval_helpers(tmp_path):
     """The model-card numbers: estimated rate and invertibility, from one loaded model."""
     from PIL import Image
 
-    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error, z_zero_ceiling
+    from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error
 
     rng = np.random.default_rng(3)
     f = tmp_path / "a.png"
@@ -129,6 +129,7 @@ def test_reference_eval_helpers(tmp_path):
     assert invertibility_error(ilc, f) < 1e-4
     # dropping z costs quality the rounded latents cannot get back: the ceiling is finite and
     # above the quantised reconstruction of the same image
-    assert r["psnr"] - 1.0 < z_zero_ceiling(ilc, [f]) < 100
+    assert r["psnr"] - 1.0 < r["z_zero_ceiling_psnr"] < 100
+    assert evaluate_reference(build_model(tiny_config(kind="baseline")).eval(), [f])["z_zero_ceiling_psnr"] is None
     with pytest.raises(ValueError, match="not invertible"):
         invertibility_error(build_model(tiny_config(kind="baseline")).eval(), f)

@@ -21,6 +21,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..codec.tables import model_id_of_file  # noqa: F401  (the codec core owns the model id; re-exported)
+
 MANIFEST_NAME = "manifest.json"
 TABLES_NAME = "tables.safetensors"
 FORMAT = "ilc-onnx-export"
@@ -41,13 +43,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
-
-
-def model_id_of_file(path: Path) -> str:
-    """Model id of a checkpoint (the codec core owns the definition)."""
-    from ..codec.tables import model_id_of_file as codec_model_id
-
-    return codec_model_id(Path(path))
 
 
 _ST_DTYPES = {

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ilc_reference.config import PAD_MULTIPLE, padded_size
+from ilc_reference.config import padded_size
 
 from ..backends.base import Runner
 from ..codec.bitstream import Header, check_model, pack, unpack
@@ -19,7 +19,7 @@ from ..codec.entropy import EntropyCodec
 from ..codec.errors import BitstreamError
 from ..codec.tables import CodecTables
 from . import tiling
-from .image_io import from_nchw, pad_to_multiple, to_nchw
+from .image_io import from_nchw, model_input
 
 _DEFAULT = object()
 
@@ -79,7 +79,7 @@ class ImageCodec:
     # -- encode ---------------------------------------------------------------
     def latents(self, img: np.ndarray) -> dict[str, np.ndarray]:
         """Forward + hyper_mean: everything the encoder computes in floating point."""
-        x = to_nchw(pad_to_multiple(img, PAD_MULTIPLE))
+        x = model_input(img)
         out = self.runner.run("forward", {"image": x})
         w_hat = self.entropy.quantize_w(out["w"][0])
         mu = self.runner.run("hyper_mean", {"w_hat": w_hat[None].astype(np.float32)})["mu"][0]

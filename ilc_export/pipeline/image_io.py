@@ -119,6 +119,13 @@ def to_nchw(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255.0))
 
 
+def model_input(img: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 -> the 1x3xHpxWp float32 the transforms take (padded to PAD_MULTIPLE)."""
+    from ilc_reference.config import PAD_MULTIPLE
+
+    return to_nchw(pad_to_multiple(img, PAD_MULTIPLE))
+
+
 def from_nchw(x: np.ndarray, height: int, width: int) -> np.ndarray:
     """Crop, clip and round a (1,3,H,W) float image to uint8 HxWx3."""
     x = x[0, :, :height, :width]

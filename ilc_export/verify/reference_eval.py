@@ -9,38 +9,40 @@ from pathlib import Path
 
 import numpy as np
 
-from ..pipeline.image_io import from_nchw, load_rgb, pad_to_multiple, to_nchw
+from ..pipeline.image_io import from_nchw, load_rgb, model_input
 from ..pipeline.metrics import ms_ssim, psnr
 
 
-def _padded(image: Path):
-    import torch
-
-    from ilc_reference.config import PAD_MULTIPLE
-
-    img, _ = load_rgb(image)
-    return img, torch.from_numpy(to_nchw(pad_to_multiple(img, PAD_MULTIPLE)))
-
-
 def evaluate_reference(model, images: list[Path], progress=None) -> dict:
-    """Mean estimated bpp (likelihoods of the rounded latents), PSNR and MS-SSIM."""
+    """Mean estimated bpp (likelihoods of the rounded latents), PSNR and MS-SSIM.
+
+    For an ILC also ``z_zero_ceiling_psnr``: the PSNR of f^-1(y, 0) with y unquantised, the
+    best any rate can reach with z = 0 at decode (how much the invertible transform has
+    learnt to push into y); None for the baseline.
+    """
     import torch
 
     rows = []
     for f in images:
-        img, x = _padded(f)
+        img, _ = load_rgb(f)
         h, w = img.shape[:2]
         with torch.inference_mode():
-            out = model(x, quant="round")
+            out = model(torch.from_numpy(model_input(img)), quant="round")
+            ceiling = None
+            if out["z"] is not None:
+                ceiling = psnr(img, from_nchw(model.synthesis(out["y"], torch.zeros_like(out["z"])).numpy(), h, w))
         rec = from_nchw(out["x_hat"].numpy(), h, w)
-        rows.append({"image": f.name, "bpp": out["bits"].item() / (h * w), "psnr": psnr(img, rec), "ms_ssim": ms_ssim(img, rec)})
+        rows.append({"image": f.name, "bpp": out["bits"].item() / (h * w), "psnr": psnr(img, rec), "ms_ssim": ms_ssim(img, rec),
+                     "z_zero_ceiling_psnr": ceiling})
         if progress:
             progress()
+    ceilings = [r["z_zero_ceiling_psnr"] for r in rows if r["z_zero_ceiling_psnr"] is not None]
     return {
         "model": model.cfg.name, "lmbda": model.cfg.lmbda,
         "bpp": float(np.mean([r["bpp"] for r in rows])),
         "psnr": float(np.mean([r["psnr"] for r in rows])),
         "ms_ssim": float(np.mean([r["ms_ssim"] for r in rows])),
+        "z_zero_ceiling_psnr": float(np.mean(ceilings)) if ceilings else None,
         "per_image": rows,
     }
 
@@ -49,27 +51,10 @@ def invertibility_error(model, image: Path) -> float:
     """max |f^-1(f(x)) - x| without quantisation (ILC only)."""
     import torch
 
-    _, x = _padded(image)
+    img, _ = load_rgb(image)
+    x = torch.from_numpy(model_input(img))
     with torch.inference_mode():
         y, z = model.analysis(x)
         if z is None:
             raise ValueError("the baseline is not invertible")
         return float((model.synthesis(y, z) - x).abs().max())
-
-
-def z_zero_ceiling(model, images: list[Path]) -> float:
-    """Mean PSNR of f^-1(y, 0) with y unquantised (ILC only): the best any rate can reach
-    with z = 0 at decode, i.e. how much the invertible transform has learnt to push into y."""
-    import torch
-
-    vals = []
-    for f in images:
-        img, x = _padded(f)
-        h, w = img.shape[:2]
-        with torch.inference_mode():
-            y, z = model.analysis(x)
-            if z is None:
-                raise ValueError("the baseline has no z")
-            rec = from_nchw(model.synthesis(y, torch.zeros_like(z)).numpy(), h, w)
-        vals.append(psnr(img, rec))
-    return float(np.mean(vals))

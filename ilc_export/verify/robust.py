@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..pipeline.codec import ImageCodec
-from ..pipeline.image_io import pad_to_multiple, to_nchw
+from ..pipeline.image_io import model_input
 
 
 def _perturb(a: np.ndarray, rel: float, rng: np.random.Generator) -> np.ndarray:
@@ -20,10 +20,10 @@ def _perturb(a: np.ndarray, rel: float, rng: np.random.Generator) -> np.ndarray:
 def perturbed_round_trip(codec: ImageCodec, img: np.ndarray, rel: float = 1e-3, seed: int = 0,
                          ref: dict | None = None) -> dict:
     """`ref`: the clean encoder's `codec.latents(img)`, if the caller already has them."""
-    from ilc_reference.config import PAD_MULTIPLE, latent_shape
+    from ilc_reference.config import latent_shape
 
     rng = np.random.default_rng(seed)
-    x = to_nchw(pad_to_multiple(img, PAD_MULTIPLE))
+    x = model_input(img)
     ref = ref if ref is not None else codec.latents(img)
     out = codec.runner.run("forward", {"image": x})
     w_hat = codec.entropy.quantize_w(_perturb(out["w"][0], rel, rng))
