@@ -154,6 +154,7 @@ def build_report(images: Path, out: Path, backends: list[str], qualities: list[i
     if ref is not None and base is not None:
         claim = {m: {"bd_rate_ilc_vs_baseline": bd_rate(base, ref, m), "bd_psnr_ilc_vs_baseline": bd_psnr(base, ref, m)}
                  for m in ("psnr-rgb", "ms-ssim-rgb")}
+        claim["budget"] = training_budget()
 
     _plot(list(curves.values()), anchors, "psnr-rgb", out / "rd_psnr.png", f"Kodak-style RD, {images}")
     _plot(list(curves.values()), anchors, "ms-ssim-rgb", out / "rd_msssim.png", f"Kodak-style RD, {images}")
@@ -181,6 +182,26 @@ def build_report(images: Path, out: Path, backends: list[str], qualities: list[i
     write_atomic(out / "report.md", md.encode())
     write_atomic(out / "report.html", render_html(md).encode())
     return summary
+
+
+def training_budget() -> dict:
+    """Steps, wall time and device of each shipped model's training, from its JSON card: the
+    paper-claim comparison is only fair at an equal budget, so the report states it."""
+    from ..pipeline.models import checkpoint_dir
+
+    out = {}
+    for card in sorted(checkpoint_dir().glob("*.json")):
+        info = json.loads(card.read_text()).get("info", {})
+        out[card.stem] = {k: info[k] for k in ("steps", "wall_s", "device", "pixels", "init") if k in info}
+    return out
+
+
+def _budget_line(budget: dict) -> str:
+    if not budget:
+        return ""
+    parts = [f"{name}: {b.get('steps', '?')} steps, {b.get('wall_s', '?')} s on {b.get('device', '?')}"
+             for name, b in budget.items()]
+    return "Training budget of each model (from its card): " + "; ".join(parts) + ".\n"
 
 
 def parity_rows(rep: dict) -> list[dict]:
@@ -225,7 +246,8 @@ def render_markdown(s: dict) -> str:
               "| metric | BD-rate ILC vs baseline | BD-quality ILC vs baseline |", "|---|---|---|",
               f"| PSNR | {_fmt(c['psnr-rgb']['bd_rate_ilc_vs_baseline'])} | {_db(c['psnr-rgb']['bd_psnr_ilc_vs_baseline'])} |",
               f"| MS-SSIM | {_fmt(c['ms-ssim-rgb']['bd_rate_ilc_vs_baseline'])} | "
-              f"{c['ms-ssim-rgb']['bd_psnr_ilc_vs_baseline']:+.4f} (MS-SSIM units) |"]
+              f"{c['ms-ssim-rgb']['bd_psnr_ilc_vs_baseline']:+.4f} (MS-SSIM units) |",
+              "", _budget_line(c.get("budget", {}))]
     L += ["\n## Speed (seconds per image, this machine, one run)\n",
           "| codec | model | encode s | decode s | entropy coder share |", "|---|---|---|---|---|"]
     for r in s["speed"]:
