@@ -220,6 +220,7 @@ class Trainer:
         self.step_ewma = None
         self.save_ewma = 0.0
         self.last_stats: dict = {}
+        self.last_pixels = 0
 
     def _make_optimizer(self):
         kw = {}
@@ -273,6 +274,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
         self.step_no += 1
+        self.last_pixels = x.shape[0] * x.shape[2] * x.shape[3]
         stats["step"] = self.step_no
         stats["wall"] = round(self.wall, 2)
         self.log.write(json.dumps(stats) + "\n")
@@ -326,12 +328,17 @@ class StopFlag:
 
     def __init__(self):
         self.set = False
+        self.old = {}
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(s, self._handle)
+            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         self.set = True
+
+    def restore(self):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        self.old = {}
 
 
 def deadline_of(args, start: float) -> float | None:
@@ -372,6 +379,7 @@ def train(args) -> Path:
                     break
     finally:
         tr.close()
+        stop.restore()
     return tr.out / "model.safetensors"
 
 
@@ -414,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def args_from_dict(d: dict) -> argparse.Namespace:
-    """Parse a run described as {flag_name: value} (plan files) through the CLI parser."""
+def argv_from_dict(d: dict) -> list[str]:
+    """{flag_name: value} (plan files) -> command-line arguments of this trainer."""
     argv = []
     for k, v in d.items():
         flag = "--" + k.replace("_", "-")
@@ -428,7 +436,12 @@ def args_from_dict(d: dict) -> argparse.Namespace:
             argv += [flag, *map(str, v)]
         else:
             argv += [flag, str(v)]
-    return build_parser().parse_args(argv)
+    return argv
+
+
+def args_from_dict(d: dict) -> argparse.Namespace:
+    """Parse a run described as {flag_name: value} through the CLI parser (same defaults, same checks)."""
+    return build_parser().parse_args(argv_from_dict(d))
 
 
 def main(argv=None):
