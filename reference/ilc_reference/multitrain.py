@@ -82,7 +82,6 @@ def run_inproc(runs: list[dict], deadline: float | None, share: str = "steps", s
                threads: int = 0) -> list[dict]:
     if threads:
         torch.set_num_threads(threads)
-    stop = StopFlag()
     images: dict = {}
     trainers = []
     for d in runs:
@@ -96,6 +95,7 @@ def run_inproc(runs: list[dict], deadline: float | None, share: str = "steps", s
     busy = {id(t): 0.0 for t in trainers}
     pixels = {id(t): 0 for t in trainers}
     last_status = time.time()
+    stop = StopFlag()
     try:
         while not stop.set:
             active = [t for t in trainers if not t.done]
