@@ -10,7 +10,9 @@
 #          under the run's timeout_s (600 at most)
 # extra args go to ilc_reference.multitrain, e.g. --set device=cuda amp=bf16 --mode procs
 # Env: OUT (results folder; default /tmp/ilc_window_out), WORK (scratch; default /tmp/ilc_window),
-#      RESERVE_S (seconds kept for packing; default 30), PYTHON (default python3).
+#      RESERVE_S (seconds kept for packing; default 30), PYTHON (default python3),
+#      BENCH_S (if set: first spend about this long on scripts/train_bench.py, which measures
+#      pixels/s per model per speed-up flag set into runs/bench.jsonl; training gets the rest).
 set -uo pipefail
 T0=$(date +%s)
 BUNDLE=${1:-gpu_window/bundle}
@@ -30,6 +32,10 @@ LOG="$WORK/runs/window.log"
 } 2>&1 | tee -a "$LOG"
 $PY -m ilc_reference.bundle unpack "$BUNDLE" --work "$WORK" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "unpack failed" | tee -a "$LOG"; cp "$LOG" "$OUTDIR/"; exit 1; }
+if [ -n "${BENCH_S:-}" ]; then
+  $PY scripts/train_bench.py --time-limit-s "$BENCH_S" --warmup 3 --steps 10 \
+      --json "$WORK/runs/bench.jsonl" ${BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
+fi
 $PY -m ilc_reference.multitrain --plan "$WORK/plan.json" --out-root "$WORK/runs" \
     --deadline-at $(( T0 + SECONDS_BUDGET - RESERVE )) "$@" 2>&1 | tee -a "$LOG"
 TRAIN_RC=${PIPESTATUS[0]}

@@ -17,8 +17,9 @@ reduced size, as many as fit) and bundle.json (every file's size and sha256).
 Size: the bundle must fit --cap-mib; with --tree-aware (default) also what the transfer
 limit (64 MiB) leaves after the git work tree (tracked + untracked-not-ignored files), since
 both travel together. Results come back as one tar split into at most --max-files parts of at
-most --file-mib each; the most exact level that fits is chosen: "exact" (full states), then
-"compact" (Adam moments in bf16), then "weights" (weights only, continue with --init).
+most --file-mib each; each run at the most exact level that fits: "exact" (full state), then
+"compact" (Adam moments in bf16), then "weights" (weights only, continue with --init); runs
+early in the plan keep their exact states longest.
 """
 from __future__ import annotations
 
@@ -88,6 +89,11 @@ def _tracked(path: Path, root: Path | None) -> str | None:
 # ---------------------------------------------------------------------------------- pack
 
 
+def config_fields(d: dict) -> dict:
+    """ModelConfig fields from a config JSON or a checkpoint's .json sidecar ({"config": {...}, "info": ...})."""
+    return d["config"] if isinstance(d.get("config"), dict) else d
+
+
 def encode_images(dirs: list[str], min_side: int, short_side: int, quality: int) -> list[tuple[str, bytes]]:
     """Every image under dirs as JPEG bytes, short side reduced to short_side (never below min_side).
 
@@ -111,7 +117,7 @@ def encode_images(dirs: list[str], min_side: int, short_side: int, quality: int)
                                    Image.LANCZOS)
                 buf = io.BytesIO()
                 im.save(buf, "JPEG", quality=quality, subsampling="4:2:0", optimize=True)
-            out.append((f"{d.name}/{p.stem}.jpg", buf.getvalue()))
+            out.append((f"{d.name}/{p.relative_to(d).with_suffix('.jpg')}", buf.getvalue()))
     return out
 
 
@@ -159,7 +165,7 @@ def pack(plan_path: str, out: str, cap_mib: float = 60, tree_aware: bool = True,
         name = r["name"]
         cfg = r.get("config", defaults.get("config"))
         if isinstance(cfg, str):
-            r["config"] = json.loads(Path(cfg).read_text())
+            r["config"] = config_fields(json.loads(Path(cfg).read_text()))
         init = r.get("init", defaults.get("init"))
         if init:
             rel = _tracked(Path(init), root)
@@ -313,26 +319,37 @@ def _run_payload(run: Path, level: str, scratch: Path) -> list[tuple[str, Path]]
 
 def pack_results(runs_root: str, out: str, level: str = "auto", max_files: int = 8, file_mib: float = 16,
                  total_mib: float = 64) -> dict:
-    """Tar the runs under runs_root at the most exact level that fits, split into parts under out."""
+    """Tar the runs under runs_root, each at the most exact level that fits, split into parts under out.
+
+    level "auto": start with every run exact and, while the total does not fit, take the run
+    latest in the plan (multi.json's order; else by name) one level down (exact -> compact ->
+    weights), so the first runs of a plan keep their exact states longest.
+    """
     runs_root, out = Path(runs_root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     part = int(file_mib * MIB) - 4096  # a little under the per-file limit
     max_parts = max_files - 1  # one file is the index
     limit = min(int(total_mib * MIB) - 64 * 1024, part * max_parts)
     runs = sorted(p for p in runs_root.iterdir() if p.is_dir())
-    extras = [(f.name, f) for f in sorted(runs_root.iterdir()) if f.is_file() and f.suffix in (".json", ".log")]
-    levels = ["exact", "compact", "weights"] if level == "auto" else [level]
+    if (runs_root / "multi.json").exists():
+        order = [r["name"] for r in json.loads((runs_root / "multi.json").read_text()).get("runs", [])]
+        runs.sort(key=lambda p: order.index(p.name) if p.name in order else len(order))
+    extras = [(f.name, f) for f in sorted(runs_root.iterdir()) if f.is_file() and f.suffix in (".json", ".jsonl", ".log")]
+    ladder = ["exact", "compact", "weights"]
+    levels = {r.name: ("exact" if level == "auto" else level) for r in runs}
     with tempfile.TemporaryDirectory() as td:
         scratch = Path(td)
-        for lv in levels:
+        while True:
             items = list(extras)
             for r in runs:
-                items += _run_payload(r, lv, scratch)
+                items += _run_payload(r, levels[r.name], scratch)
             size = sum(f.stat().st_size + 1024 for _, f in items) + 10240  # tar headers and end blocks
             if size <= limit:
                 break
-        else:
-            raise SystemExit(f"results do not fit {limit / MIB:.1f} MiB even as weights only ({size / MIB:.1f} MiB)")
+            down = [r.name for r in reversed(runs) if levels[r.name] != "weights"] if level == "auto" else []
+            if not down:
+                raise SystemExit(f"results do not fit {limit / MIB:.1f} MiB even as weights only ({size / MIB:.1f} MiB)")
+            levels[down[0]] = ladder[ladder.index(levels[down[0]]) + 1]
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for arc, f in items:
@@ -346,10 +363,12 @@ def pack_results(runs_root: str, out: str, level: str = "auto", max_files: int =
         name = f"results.tar.{i:03d}"
         (out / name).write_bytes(chunk)
         parts.append({"file": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
-    index = {"level": lv, "bytes": len(blob), "parts": parts, "runs": [r.name for r in runs],
-             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    kinds = set(levels.values())
+    index = {"level": kinds.pop() if len(kinds) == 1 else "mixed", "levels": levels, "bytes": len(blob), "parts": parts,
+             "runs": [r.name for r in runs], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (out / RESULT_INDEX).write_text(json.dumps(index, indent=1) + "\n")
-    print(f"results: level {lv}, {len(blob) / MIB:.1f} MiB in {len(parts)} part(s) under {out}")
+    print(f"results: {len(blob) / MIB:.1f} MiB in {len(parts)} part(s) under {out}; "
+          + ", ".join(f"{k} {v}" for k, v in levels.items()))
     return index
 
 
@@ -376,7 +395,7 @@ def adopt(results: str, runs_root: str = "runs") -> list[str]:
         for src in sorted(p for p in tmp.iterdir() if p.is_dir()):
             dst = runs_root / src.name
             dst.mkdir(parents=True, exist_ok=True)
-            _adopt_run(src, dst, index["level"])
+            _adopt_run(src, dst, stamp)
             adopted.append(src.name)
         for f in tmp.iterdir():
             if f.is_file():
@@ -385,7 +404,7 @@ def adopt(results: str, runs_root: str = "runs") -> list[str]:
     return adopted
 
 
-def _adopt_run(src: Path, dst: Path, level: str):
+def _adopt_run(src: Path, dst: Path, stamp: str):
     import torch  # noqa: F401  (load_state needs it)
 
     from .checkpoint import save_checkpoint
@@ -419,17 +438,22 @@ def _adopt_run(src: Path, dst: Path, level: str):
         if (src / f).exists():
             shutil.copyfile(src / f, dst / f)
     if (src / "log.jsonl.gz").exists():
-        new = [json.loads(line) for line in gzip.decompress((src / "log.jsonl.gz").read_bytes()).decode().splitlines() if line]
+        new = gzip.decompress((src / "log.jsonl.gz").read_bytes()).decode().splitlines(keepends=True)
+        new = [line if line.endswith("\n") else line + "\n" for line in new if line.strip()]
         local = dst / "log.jsonl"
         last = 0
         if local.exists():
             for line in local.read_text().splitlines():
-                if line:
-                    last = max(last, int(json.loads(line).get("step", 0)))
-        with open(local, "a") as f:
-            for r in new:
-                if int(r.get("step", 0)) > last:
-                    f.write(json.dumps(r) + "\n")
+                if line.strip():
+                    last = int(json.loads(line).get("step", 0))
+        first = int(json.loads(new[0]).get("step", 1)) if new else last + 1
+        if first == last + 1:  # the returned steps continue the local log
+            with open(local, "a") as f:
+                f.writelines(new)
+        else:  # another history (e.g. a fresh run from --init into a used folder): keep both
+            other = dst / f"log-gpu-{stamp}.jsonl"
+            other.write_text("".join(new))
+            print(f"{dst}: returned log starts at step {first}, local log ends at {last}; kept as {other.name}")
 
 
 # ----------------------------------------------------------------------------------- CLI

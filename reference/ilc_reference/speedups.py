@@ -75,7 +75,7 @@ def apply_amp(model: nn.Module, amp: str, device: torch.device) -> int:
     return n
 
 
-def compile_model(model: nn.Module, mode: str | None = None) -> int:
+def compile_model(model: nn.Module, mode: str | None = None, backend: str = "inductor") -> int:
     """torch.compile (in place: state_dict keys unchanged) the couplings / baseline transforms.
 
     Crops of several sizes compile one graph each (dynamic=False keeps them specialised).
@@ -84,7 +84,7 @@ def compile_model(model: nn.Module, mode: str | None = None) -> int:
     targets = [m for m in model.modules() if type(m).__name__ == "AffineCoupling"]
     targets += [getattr(model, n) for n in ("g_a", "g_s") if isinstance(getattr(model, n, None), nn.Module)]
     for m in targets:
-        m.compile(dynamic=False, mode=mode)
+        m.compile(dynamic=False, mode=mode, backend=backend)
     return len(targets)
 
 

@@ -144,6 +144,8 @@ class Trainer:
                               + ("" if state.get("_exact", True) else " (approximate: compacted Adam moments)"))
         else:
             base = json.loads(Path(args.config).read_text()) if args.config else {}
+            if isinstance(base.get("config"), dict):  # a checkpoint's .json sidecar
+                base = base["config"]
             cfg = ModelConfig.from_dict({**base, "kind": args.kind, "name": args.name or self.out.name})
             if args.lmbda is not None:
                 cfg.lmbda = args.lmbda
@@ -202,7 +204,7 @@ class Trainer:
         if args.compile:
             from .speedups import compile_model
 
-            self.notes.append(f"torch.compile: {compile_model(self.model, args.compile_mode)} modules")
+            self.notes.append(f"torch.compile: {compile_model(self.model, args.compile_mode, args.compile_backend)} modules")
         key = (tuple(args.data), max(args.crop))
         if images is not None and key in images:
             imgs = images[key]
@@ -218,7 +220,8 @@ class Trainer:
         self.last_save_t = self.t0
         self.saved_step = self.step_no
         self.step_ewma = None
-        self.save_ewma = 0.0
+        # until a save is timed: a state is ~3x the weights, written (and hashed) at >= ~100 MB/s
+        self.save_ewma = 0.2 + 3 * sum(p.numel() * p.element_size() for p in self.model.parameters()) / 100e6
         self.last_stats: dict = {}
         self.last_pixels = 0
 
@@ -389,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (state.json + parts, model.safetensors, log.jsonl)")
     p.add_argument("--kind", default="ilc", choices=["ilc", "baseline"])
     p.add_argument("--name", default=None)
-    p.add_argument("--config", default=None, help="JSON with ModelConfig fields")
+    p.add_argument("--config", default=None, help="JSON with ModelConfig fields (or a checkpoint's .json sidecar)")
     p.add_argument("--lmbda", type=float, default=None)
     p.add_argument("--init", default=None, help="start from these weights (e.g. another quality)")
     p.add_argument("--steps", type=int, default=20000)
@@ -416,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fused-adam", action="store_true", help="fused Adam kernel where supported")
     p.add_argument("--compile", action="store_true", help="torch.compile the couplings / baseline transforms")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # "eager": tests trace without codegen
     p.add_argument("--prefetch", type=int, default=0,
                    help="batches prepared ahead in a thread (pinned memory on CUDA); 0 = inline")
     p.add_argument("--quiet", action="store_true")
