@@ -132,6 +132,42 @@ def test_multi_resume_equals_uninterrupted_and_single_runs(tmp_path):
     assert {r["name"]: r["steps_here"] for r in summary["runs"]} == {"ilc_a": 2, "base_b": 2}
 
 
+def test_procs_mode_equals_inproc(tmp_path, monkeypatch):
+    """One ilc-train process per model gives the same models as one process stepping both."""
+    data = _images(tmp_path / "imgs")
+    plan = _plan(tmp_path, data, steps=2)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "reference"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    _multi(plan, tmp_path / "p", "--mode", "procs")
+    _multi(plan, tmp_path / "i")
+    summary = json.loads((tmp_path / "p" / "multi.json").read_text())
+    assert [r["returncode"] for r in summary["runs"]] == [0, 0]
+    for name in ("ilc_a", "base_b"):
+        _same_state(tmp_path / "p" / name, tmp_path / "i" / name)
+
+
+def test_legacy_state_pt_resumes_and_is_replaced(tmp_path):
+    from ilc_reference.train import main as train_main
+
+    data = _images(tmp_path / "imgs")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({k: v for k, v in json.loads(tiny_config().to_json()).items() if k not in ("name", "kind")}))
+
+    def run(out, steps):
+        train_main(["--data", str(data), "--out", str(out), "--config", str(cfg), "--steps", str(steps), "--batch", "2",
+                    "--crop", "64", "--pixels", "0", "--ckpt-every", "2", "--threads", "1", "--quiet"])
+
+    run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    st = load_state(tmp_path / "b")
+    st.pop("_exact")
+    for f in (tmp_path / "b").glob("state*"):
+        f.unlink()
+    torch.save(st, tmp_path / "b" / "state.pt")  # what the trainer wrote before the split format
+    run(tmp_path / "b", 4)
+    assert not (tmp_path / "b" / "state.pt").exists() and read_index(tmp_path / "b")["step"] == 4
+    _same_state(tmp_path / "a", tmp_path / "b")
+
+
 def test_deadline_stops_with_saved_state(tmp_path):
     data = _images(tmp_path / "imgs")
     plan = _plan(tmp_path, data, steps=10**6, ckpt_every=10**6)
@@ -251,6 +287,9 @@ def test_bundle_data_subset_fits_cap(tmp_path):
     plan = _plan(tmp_path, data)
     with pytest.raises(SystemExit, match="cap"):
         bundle.pack(str(plan), str(tmp_path / "b"), cap_mib=0.001, tree_aware=False)
+    with pytest.raises(SystemExit, match="not a bundle"):  # never wipes a folder it did not make
+        bundle.pack(str(plan), str(tmp_path / "imgs"), cap_mib=1, tree_aware=False)
+    assert len(list((tmp_path / "imgs").iterdir())) == 6
     if bundle.repo_root(ROOT) is not None:
         assert bundle.tree_bytes(ROOT) > 10 * (1 << 20)  # the shipped checkpoints travel with the tree
 

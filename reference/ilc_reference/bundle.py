@@ -145,6 +145,8 @@ def pack(plan_path: str, out: str, cap_mib: float = 60, tree_aware: bool = True,
     plan = json.loads(Path(plan_path).read_text())
     out = Path(out)
     if out.exists():
+        if any(out.iterdir()) and not (out / "bundle.json").exists():
+            raise SystemExit(f"{out} exists and is not a bundle: refusing to replace it")
         shutil.rmtree(out)
     (out / "data").mkdir(parents=True)
     root = repo_root()
