@@ -182,10 +182,10 @@ class Trainer:
                 self.model.load_state_dict(sd)
                 self.notes.append(f"initialised from {args.init}")
         if self.cuda:
-            if cuda_rng is None:
-                with torch.random.fork_rng(devices=[self.device]):
-                    torch.cuda.manual_seed(args.seed)
-                    cuda_rng = torch.cuda.get_rng_state(self.device)
+            if cuda_rng is None:  # fresh, or a state from a CPU run: a CUDA stream seeded like the CPU one
+                g = torch.Generator(device=self.device)
+                g.manual_seed(args.seed)
+                cuda_rng = g.get_state()
             self.cuda_rng = cuda_rng
         for g in self.opt.param_groups:
             g["lr"] = args.lr
