@@ -208,6 +208,33 @@ def test_sigterm_saves_and_resume_matches(tmp_path):
         _same_state(tmp_path / "k" / name, tmp_path / "s" / name)
 
 
+def test_hard_kill_loses_only_unsaved_steps(tmp_path):
+    """SIGKILL at a random moment (maybe mid-save): the run folder still holds a complete state,
+    the log is trimmed to it on resume, and resuming to N equals N straight."""
+    data = _images(tmp_path / "imgs")
+    plan = _plan(tmp_path, data, steps=10**6, ckpt_every=1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "reference"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-m", "ilc_reference.multitrain", "--plan", str(plan), "--out-root",
+                          str(tmp_path / "k"), "--threads", "1", "--status-every-s", "0"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while time.time() - t0 < 120 and p.poll() is None:
+        idx = read_index(tmp_path / "k" / "base_b") if (tmp_path / "k" / "base_b" / INDEX).exists() else None
+        if idx and idx["step"] >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(float(np.random.default_rng().uniform(0, 0.5)))
+    p.kill()
+    p.wait()
+    steps = max(read_index(tmp_path / "k" / n)["step"] for n in ("ilc_a", "base_b")) + 2
+    _multi(plan, tmp_path / "k", "--set", f"steps={steps}")
+    _multi(plan, tmp_path / "s", "--set", f"steps={steps}")
+    for name in ("ilc_a", "base_b"):
+        _same_state(tmp_path / "k" / name, tmp_path / "s" / name)
+        logged = [json.loads(line)["step"] for line in (tmp_path / "k" / name / "log.jsonl").read_text().splitlines()]
+        assert logged == list(range(1, steps + 1))
+
+
 # ---------------------------------------------------------------------------------- bundle
 
 

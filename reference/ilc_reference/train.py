@@ -214,6 +214,8 @@ class Trainer:
                 images[key] = imgs
         pin = self.cuda and args.prefetch > 0
         self.batches = BatchSource(imgs, self.rng, args, prefetch=args.prefetch, pin=pin)
+        if state is not None:
+            trim_log(self.out / "log.jsonl", self.step_no)
         self.log = open(self.out / "log.jsonl", "a")
         self.model.train()
         self.t0 = time.time()
@@ -324,6 +326,25 @@ class Trainer:
             self.save()
         self.batches.close()
         self.log.close()
+
+
+def trim_log(path: Path, step: int):
+    """Drop log records after the resumed step (and a torn last line): steps a hard kill lost."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(r.get("step", 0)) <= step and line.endswith("\n"):
+            keep.append(line)
+    if keep != lines:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
 
 
 class StopFlag:
