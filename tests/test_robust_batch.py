@@ -29,9 +29,9 @@ def _images(folder, n, seed, size=128, names=None):
     return folder
 
 
-def _compress_cmd(src, out, ckpt):
+def _compress_cmd(src, out, ckpt, *extra):
     return [sys.executable, "-m", "ilc_export.cli.run_cli", "compress", str(src), "-o", str(out),
-            "--model", str(ckpt), "--threads", "1"]
+            "--model", str(ckpt), "--threads", "1", *extra]
 
 
 def _only_complete_bitstreams(out):
@@ -72,7 +72,8 @@ def test_two_processes_share_an_output_folder(tiny_ckpt, tmp_path):
     src2 = _images(tmp_path / "in2", 0, 2, 64, shared + ["only2"])
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen(_compress_cmd(s, out, tiny_ckpt), cwd=ROOT, env=env,
+    # --force: both may replace what the other wrote (without it the second writer of a name is refused)
+    procs = [subprocess.Popen(_compress_cmd(s, out, tiny_ckpt, "--force"), cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in (src1, src2)]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
@@ -134,7 +135,7 @@ def test_decompress_output_is_atomic(tiny_ckpt, tmp_path, monkeypatch):
     src = tmp_path / "a.ilc"
     src.write_bytes(codec.compress(np.full((20, 30, 3), 99, np.uint8))[0])
 
-    def boom(path, data):
+    def boom(path, data, overwrite=True):
         raise OSError("disk full")
 
     monkeypatch.setattr(api, "write_output", boom)
