@@ -180,6 +180,10 @@ def check_checkpoint(path: Path) -> None:
     from ..codec.tables import TABLE_PREFIX
 
     what = f"{path}: not an ILC checkpoint (expected a .safetensors file from ilc-train or `ilc-export tables`)"
+    if not path.exists():
+        raise ModelError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise ModelError(f"{what}: a folder")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
