@@ -3,7 +3,6 @@ say, models found by one rule, a torch-free box. Real backends and real files th
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -176,15 +175,16 @@ def test_torch_free_box_picks_onnxruntime_or_says_what_to_do(tiny_ckpt, tiny_onn
     img = _img(tmp_path / "a.png")
     env = {"ILC_MODEL_PATH": ""}
     # no export anywhere: one line saying what to install or pass
-    for args in (["compress", img, "-o", tmp_path / "a.ilc"], ["demo", "-o", tmp_path / "d"]):
+    for args in (["compress", img, "-o", tmp_path / "a.ilc", "-m", tiny_ckpt], ["demo", "-m", tiny_ckpt, "-o", tmp_path / "d"]):
         r = _no_torch("run_cli", *args, cwd=tmp_path, env=env)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         err = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(err) == 1 and "PyTorch is not installed" in err[0] and "ilc-export onnx" in err[0], r.stderr
     r = _no_torch("run_cli", "compress", img, "-o", tmp_path / "a.ilc", "-b", "torch", cwd=tmp_path, env=env)
     assert r.returncode == 1 and "needs PyTorch" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = _no_torch("export_cli", "onnx", "--ckpt", tiny_ckpt, cwd=tmp_path, env=env)
-    assert r.returncode == 1 and "needs PyTorch" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for args in (["onnx", "--ckpt", tiny_ckpt], ["trt", "--ckpt", tiny_ckpt], ["tables", "--ckpt", tiny_ckpt]):
+        r = _no_torch("export_cli", *args, cwd=tmp_path, env=env)
+        assert r.returncode == 1 and "needs PyTorch" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     # with the export on the search path: the checkpoint runs on onnxruntime by itself
     env = {"ILC_MODEL_PATH": str(tiny_onnx.parent.parent)}
     r = _no_torch("run_cli", "compress", img, "-o", tmp_path / "a.ilc", "-m", tiny_ckpt, cwd=tmp_path, env=env)

@@ -99,6 +99,15 @@ def progress(disable: bool = False) -> Progress:
     )
 
 
+def need_torch(what: str) -> None:
+    """One line naming what to install when a command needs PyTorch (and onnx) and it is missing."""
+    from ..pipeline.models import UsageError, torch_available
+
+    if not torch_available():
+        raise UsageError(f"{what} needs PyTorch and onnx, which are not installed: pip install 'torch==2.13.0' "
+                         "-e '.[torch]' (on a deployment box, export on another machine and copy the folder)")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

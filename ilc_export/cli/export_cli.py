@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, note, out, user_errors, version_option
+from .common import console, need_torch, note, user_errors, version_option
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Export ILC checkpoints to ONNX/TensorRT and verify them.")
 
@@ -18,14 +18,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Export ILC c
 @app.callback()
 def _main(version: bool = version_option("ilc-export")):
     """Export ILC checkpoints to ONNX/TensorRT and verify them."""
-
-
-def _need_torch(what: str) -> None:
-    from ..pipeline.models import UsageError, torch_available
-
-    if not torch_available():
-        raise UsageError(f"{what} needs PyTorch and onnx, which are not installed: pip install 'torch==2.13.0' "
-                         "-e '.[torch]' (on a deployment box, export on another machine and copy the folder)")
 
 
 @app.command("onnx")
@@ -42,7 +34,7 @@ def onnx_cmd(
     from ..pipeline.models import UsageError, check_checkpoint, checkpoint_name
 
     check_checkpoint(ckpt)
-    _need_torch("ilc-export onnx")
+    need_torch("ilc-export onnx")
     folder = out_dir or Path("engines") / checkpoint_name(ckpt) / "onnx"
     if folder.exists() and not force:
         raise UsageError(f"{folder} already exists; pass --force to replace it, or choose another --out")
@@ -67,7 +59,7 @@ def verify_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
 ):
     """Compare the ONNX Runtime graphs with the PyTorch reference (per graph and end to end)."""
-    _need_torch("ilc-export verify")
+    need_torch("ilc-export verify")
     from ..pipeline.models import UsageError
 
     if threads < 1:
@@ -105,7 +97,7 @@ def tables_cmd(
     if is_shipped(ckpt) and not force:
         raise UsageError(f"{ckpt} is a shipped checkpoint; its tables define the model id that existing files "
                          "carry. Copy it elsewhere first, or pass --force")
-    _need_torch("ilc-export tables")
+    need_torch("ilc-export tables")
     from ..codec.tables_build import CALIBRATION_KEY, finalize_checkpoint, stored_tables
 
     try:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, out, user_errors
+from .common import console, need_torch, out, user_errors
 
 
 def trt_cmd(
@@ -45,6 +45,7 @@ def trt_cmd(
         raise UsageError(f"{onnx}: not an ONNX export folder (it holds TensorRT engines)")
     if ckpt is not None:
         check_checkpoint(ckpt)
+        need_torch("ilc-export trt --ckpt (it exports the checkpoint first)")
     kw = dict(fp16=fp16, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, timing_cache=timing_cache,
               compute_capabilities=tuple(compute_capability) or None, workspace=tb.parse_size(workspace),
               flavour=flavour, check=check)
