@@ -57,6 +57,7 @@ def verify_cmd(
     precision: list[str] = typer.Option(["fp32", "fp16"], "--precision", "-p"),
     threads: int = typer.Option(1, "--threads"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
+    force: bool = typer.Option(False, "--force", "-f", help="overwrite an existing --json file"),
 ):
     """Compare the ONNX Runtime graphs with the PyTorch reference (per graph and end to end)."""
     need_torch("ilc-export verify")
@@ -64,6 +65,8 @@ def verify_cmd(
 
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
+    if json_out is not None and json_out.exists() and not force:
+        raise UsageError(f"{json_out} already exists; pass --force to overwrite it")
     from ..verify.parity import format_report, verify_export
 
     with console.status("verifying") as status:

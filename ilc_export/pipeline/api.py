@@ -221,12 +221,11 @@ def _write_portable(path: Path, data: bytes, overwrite: bool) -> Path:
             os.replace(tmp, path)
         else:
             os.link(tmp, path)
-    finally:
-        if os.path.exists(tmp) and (not overwrite or os.path.exists(path)):
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+    finally:  # renamed away on success; still there after a link or a failure
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
     return path
 
 
