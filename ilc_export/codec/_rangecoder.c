@@ -974,6 +974,105 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* integer scale net, last layer: threshold index of a float32 GEMM result with an error  */
+/* bound, exact float64 recomputation where the bound does not settle the index (see      */
+/* intnet._last_layer_indices_f32 for the argument).                                       */
+/* last_layer_post(v32 float32 (cout*n), bias f64 (cout), wscale f64 (cout),               */
+/*     colnorm f64 (n), thresholds f64 (nt), out uint8 (cout*n) writable,                  */
+/*     xp float32 (cin, hp, wp) padded input, r0 (first output row of this band),          */
+/*     w64 f64 (cout, cin*9)) -> number of elements recomputed exactly                     */
+
+static PyObject *py_last_layer_post(PyObject *self, PyObject *args) {
+    PyObject *vo, *bo, *wo, *co, *to, *oo, *xo, *w6o;
+    Py_ssize_t cin, hp, wp, r0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnnnnO", &vo, &bo, &wo, &co, &to, &oo, &xo, &cin, &hp, &wp, &r0, &w6o)) return NULL;
+    Buf v, b, w, c, t, o, x, w6;
+    b.held = w.held = c.held = t.held = o.held = x.held = w6.held = 0;
+    PyObject *ret = NULL;
+    if (get_buf(vo, &v, 4, 0, "v") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(wo, &w, 8, 0, "wscale") < 0 ||
+        get_buf(co, &c, 8, 0, "colnorm") < 0 || get_buf(to, &t, 8, 0, "thresholds") < 0 ||
+        get_buf(oo, &o, 1, 1, "out") < 0 || get_buf(xo, &x, 4, 0, "xp") < 0 || get_buf(w6o, &w6, 8, 0, "w64") < 0)
+        goto done;
+    Py_ssize_t cout = nitems(&b), nt = nitems(&t), n = nitems(&c), wd = wp - 2;
+    if (cin < 1 || hp < 3 || wd < 1 || n % wd || r0 < 0 || r0 + n / wd > hp - 2 || nitems(&v) != cout * n ||
+        nitems(&w) != cout || nitems(&o) != cout * n || nitems(&x) != cin * hp * wp || nitems(&w6) != cout * cin * 9 ||
+        nt > 255) {
+        PyErr_SetString(PyExc_ValueError, "last_layer_post: inconsistent sizes");
+        goto done;
+    }
+    {
+        const float *vv = (const float *)v.b.buf, *xpv = (const float *)x.b.buf;
+        const double *bias = (const double *)b.b.buf, *ws = (const double *)w.b.buf, *cn = (const double *)c.b.buf;
+        const double *th = (const double *)t.b.buf, *wt = (const double *)w6.b.buf;
+        uint8_t *out = (uint8_t *)o.b.buf;
+        Py_ssize_t nexact = 0;
+        int oom = 0;
+        Py_BEGIN_ALLOW_THREADS
+        /* tp[g] <= x < tp[g + 1] <=> g = #{T <= x}; tp[0] = -inf, tp[nt + 1] = +inf */
+        double *tp = (double *)malloc((size_t)(nt + 2) * sizeof(double));
+        if (!tp) oom = 1;
+        else {
+            tp[0] = -HUGE_VAL;
+            for (Py_ssize_t j = 0; j < nt; j++) tp[j + 1] = th[j];
+            tp[nt + 1] = HUGE_VAL;
+        }
+        double t0 = nt ? th[0] : 0.0, inv = 0.0, gmax = (double)nt;
+        if (nt > 1 && th[nt - 1] > th[0]) inv = (double)(nt - 1) / (th[nt - 1] - th[0]);
+        for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
+            const float *restrict vrow = vv + oc * n;
+            uint8_t *restrict orow = out + oc * n;
+            const double bo = bias[oc], wo = ws[oc];
+            for (Py_ssize_t p = 0; p < n; p++) {
+                double xv = (double)vrow[p] + bo;
+                double bound = wo * cn[p];
+                int exact = 0;
+                for (;;) {
+                    double gg = (xv - t0) * inv + 1.0;
+                    gg = gg > 0.0 ? gg : 0.0; /* also maps NaN to 0 */
+                    gg = gg < gmax ? gg : gmax;
+                    Py_ssize_t g = (Py_ssize_t)gg;
+                    while (g < nt && xv >= tp[g + 1]) g++;
+                    while (g > 0 && xv < tp[g]) g--;
+                    if (exact || ((xv - bound >= tp[g]) & (xv + bound < tp[g + 1]))) {
+                        orow[p] = (uint8_t)g;
+                        break;
+                    }
+                    /* not settled by the bound: the exact integer dot product, in float64
+                       (every product and partial sum is an integer below 2**53) */
+                    const double *wrow = wt + oc * cin * 9;
+                    Py_ssize_t r = r0 + p / wd, col = p % wd;
+                    double acc = 0.0;
+                    for (Py_ssize_t ci = 0; ci < cin; ci++)
+                        for (Py_ssize_t kh = 0; kh < 3; kh++)
+                            for (Py_ssize_t kw = 0; kw < 3; kw++)
+                                acc += wrow[(ci * 3 + kh) * 3 + kw] * (double)xpv[(ci * hp + r + kh) * wp + col + kw];
+                    xv = acc + bo;
+                    exact = 1;
+                    nexact++;
+                }
+            }
+        }
+        free(tp);
+        Py_END_ALLOW_THREADS
+        if (oom) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        ret = PyLong_FromSsize_t(nexact);
+    }
+done:
+    rel(&v);
+    rel(&b);
+    rel(&w);
+    rel(&c);
+    rel(&t);
+    rel(&o);
+    rel(&x);
+    rel(&w6);
+    return ret;
+}
+
 static PyObject *py_set_error_class(PyObject *self, PyObject *cls) {
     Py_XINCREF(cls);
     Py_XSETREF(BitstreamError, cls);
@@ -989,6 +1088,7 @@ static PyMethodDef methods[] = {
     {"decode_y", py_decode_y, METH_VARARGS, "latent stream decoder"},
     {"encode_segments", py_encode_segments, METH_VARARGS, "generic encoder: list of (kind, param, symbols)"},
     {"decode_segments", py_decode_segments, METH_VARARGS, "generic decoder: list of (kind, param, count)"},
+    {"last_layer_post", py_last_layer_post, METH_VARARGS, "integer scale net: threshold index with an error bound"},
     {"set_error_class", py_set_error_class, METH_O, "exception class for corrupted streams"},
     {NULL, NULL, 0, NULL},
 };
