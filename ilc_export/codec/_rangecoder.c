@@ -29,7 +29,7 @@
 
 #define PREC 24
 #define ONE ((uint32_t)1 << PREC)
-#define LUT_SHIFT 16 /* decoder lookup: quantile >> 16 -> first candidate symbol (256 entries) */
+#define LUT_SHIFT 12 /* decoder lookup: quantile >> 12 -> first candidate symbol (4096 entries) */
 #define LUT_SIZE (1u << (PREC - LUT_SHIFT))
 #define MAX_ABS_SYMBOL ((int64_t)1 << 30)
 #define END_MARKER 0xC0DEu
@@ -210,11 +210,11 @@ static void dec_init(Dec *d, const unsigned char *data, size_t nbytes) {
 
 /* quantile of the next symbol, or -1 (constriction's InvalidData) */
 static inline int64_t dec_quantile(Dec *d, uint64_t *scale_out) {
-    uint64_t scale = d->range >> PREC;
-    uint64_t q = (d->point - d->lower) / scale;
+    uint64_t scale = d->range >> PREC; /* in [2^8, 2^40) */
+    uint64_t diff = d->point - d->lower;
     *scale_out = scale;
-    if (q >= ONE) return -1;
-    return (int64_t)q;
+    if (diff >= scale << PREC) return -1; /* quantile >= 2^24: constriction's InvalidData */
+    return (int64_t)(diff / scale);
 }
 
 static inline void dec_advance(Dec *d, uint64_t scale, uint32_t left, uint32_t prob) {
@@ -229,11 +229,12 @@ static inline void dec_advance(Dec *d, uint64_t scale, uint32_t left, uint32_t p
 }
 
 /* symbol of a categorical model (cdf of `size`+1 entries, lut of LUT_SIZE), -1 on bad data */
-static inline int64_t dec_categorical(Dec *d, const uint32_t *cdf, const uint32_t *lut) {
+static inline int64_t dec_categorical(Dec *d, const uint32_t *cdf, const uint16_t *lut) {
     uint64_t scale;
     int64_t q = dec_quantile(d, &scale);
     if (q < 0) return -1;
-    uint32_t s = lut[(uint32_t)q >> LUT_SHIFT];
+    uint32_t s = lut[(uint32_t)q >> LUT_SHIFT]; /* a lower bound of the symbol */
+    s += cdf[s + 1] <= (uint32_t)q;             /* usually settles it, without a branch */
     while (cdf[s + 1] <= (uint32_t)q) s++;
     dec_advance(d, scale, cdf[s], cdf[s + 1] - cdf[s]);
     return s;
@@ -286,20 +287,20 @@ static Py_ssize_t nitems(Buf *b) { return b->b.len / b->b.itemsize; }
 typedef struct {
     const uint32_t *cdf;
     const int32_t *size;
-    const uint32_t *lut;
+    const uint16_t *lut;
     Py_ssize_t nm, stride;
 } Models;
 
 static int check_models(Buf *cdf, Buf *size, Buf *lut, Py_ssize_t stride, Models *m) {
     m->nm = nitems(size);
     m->stride = stride;
-    if (stride < 3 || nitems(cdf) != m->nm * stride || nitems(lut) != m->nm * (Py_ssize_t)LUT_SIZE) {
+    if (stride < 3 || nitems(cdf) != m->nm * stride || lut->b.len != m->nm * (Py_ssize_t)LUT_SIZE * 2) {
         PyErr_SetString(PyExc_ValueError, "model tables have inconsistent sizes");
         return -1;
     }
     m->cdf = (const uint32_t *)cdf->b.buf;
     m->size = (const int32_t *)size->b.buf;
-    m->lut = (const uint32_t *)lut->b.buf;
+    m->lut = (const uint16_t *)lut->b.buf;
     for (Py_ssize_t k = 0; k < m->nm; k++) {
         if (m->size[k] < 2 || m->size[k] >= stride) {
             PyErr_SetString(PyExc_ValueError, "model size out of range");
@@ -395,13 +396,13 @@ static PyObject *py_build_lut(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "cdf table has inconsistent size");
         return NULL;
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, nm * LUT_SIZE * 4);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, nm * LUT_SIZE * 2);
     if (!out) {
         rel(&c);
         rel(&s);
         return NULL;
     }
-    uint32_t *lut = (uint32_t *)PyBytes_AS_STRING(out);
+    uint16_t *lut = (uint16_t *)PyBytes_AS_STRING(out);
     const uint32_t *cdf = (const uint32_t *)c.b.buf;
     const int32_t *size = (const int32_t *)s.b.buf;
     int bad = 0;
@@ -418,7 +419,7 @@ static PyObject *py_build_lut(PyObject *self, PyObject *args) {
         for (uint32_t j = 0; j < LUT_SIZE; j++) {
             uint32_t q = j << LUT_SHIFT;
             while (ck[sym + 1] <= q) sym++;
-            lut[k * LUT_SIZE + j] = sym;
+            lut[k * LUT_SIZE + j] = (uint16_t)(sym < 65535 ? sym : 65535); /* a lower bound either way */
         }
     }
     rel(&c);
@@ -443,7 +444,7 @@ static PyObject *py_encode_w(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     Models m;
     if (get_buf(wo, &w, 4, 0, "w") < 0 || get_buf(loo, &lo, 4, 0, "lo") < 0 || get_buf(co, &c, 4, 0, "cdf") < 0 ||
-        get_buf(so, &s, 4, 0, "size") < 0 || get_buf(lo_, &l, 4, 0, "lut") < 0 || check_models(&c, &s, &l, stride, &m) < 0)
+        get_buf(so, &s, 4, 0, "size") < 0 || get_buf(lo_, &l, 1, 0, "lut") < 0 || check_models(&c, &s, &l, stride, &m) < 0)
         goto done;
     if (hw < 0 || nitems(&lo) != m.nm || nitems(&w) != m.nm * hw) {
         PyErr_SetString(PyExc_ValueError, "w_hat shape does not match the prior tables");
@@ -498,7 +499,7 @@ static PyObject *py_decode_w(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     Models m;
     if (get_buf(dob, &d, 1, 0, "data") < 0 || get_buf(oo, &o, 4, 1, "out") < 0 || get_buf(loo, &lo, 4, 0, "lo") < 0 ||
-        get_buf(co, &c, 4, 0, "cdf") < 0 || get_buf(so, &s, 4, 0, "size") < 0 || get_buf(lo_, &l, 4, 0, "lut") < 0 ||
+        get_buf(co, &c, 4, 0, "cdf") < 0 || get_buf(so, &s, 4, 0, "size") < 0 || get_buf(lo_, &l, 1, 0, "lut") < 0 ||
         check_models(&c, &s, &l, stride, &m) < 0)
         goto done;
     if (hw < 0 || nitems(&lo) != m.nm || nitems(&o) != m.nm * hw) {
@@ -513,7 +514,8 @@ static PyObject *py_decode_w(PyObject *self, PyObject *args) {
         Dec dd;
         dec_init(&dd, (const unsigned char *)d.b.buf, (size_t)d.b.len);
         for (Py_ssize_t ch = 0; ch < m.nm && !err; ch++) {
-            const uint32_t *cdf = m.cdf + ch * stride, *lut = m.lut + ch * LUT_SIZE;
+            const uint32_t *cdf = m.cdf + ch * stride;
+            const uint16_t *lut = m.lut + ch * LUT_SIZE;
             for (Py_ssize_t i = 0; i < hw; i++) {
                 int64_t sym = dec_categorical(&dd, cdf, lut);
                 if (sym < 0 || sym >= m.size[ch]) {
@@ -553,8 +555,9 @@ done:
 /* ------------------------------------------------------------------------------------ */
 /* latent stream                                                                         */
 
-/* stable counting sort of positions by index; order (n), start (nm+1); -1 if an index >= nm */
-static int group_positions(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, int32_t *order, Py_ssize_t *start) {
+/* Group starts of a stable grouping by scale index: start[k] = #{i : idx[i] < k};
+ * -1 if an index >= nm. */
+static int group_starts(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, Py_ssize_t *start) {
     Py_ssize_t counts[256];
     memset(counts, 0, sizeof(counts));
     for (Py_ssize_t i = 0; i < n; i++) counts[idx[i]]++;
@@ -562,9 +565,6 @@ static int group_positions(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, int3
         if (counts[k]) return -1;
     start[0] = 0;
     for (Py_ssize_t k = 0; k < nm; k++) start[k + 1] = start[k] + counts[k];
-    Py_ssize_t fill[256];
-    for (Py_ssize_t k = 0; k < nm; k++) fill[k] = start[k];
-    for (Py_ssize_t i = 0; i < n; i++) order[fill[idx[i]]++] = (int32_t)i;
     return 0;
 }
 
@@ -574,50 +574,62 @@ static inline uint32_t floor_log2(uint32_t u) { /* u >= 1 */
     return b;
 }
 
-/* encode_y(y int32 (n), idx uint8 (n), radius int32 (nm), cdf, size, lut, stride) -> bytes */
+static int check_y_tables(Models *m, const int32_t *rad) {
+    if (m->nm > 256) {
+        PyErr_SetString(PyExc_ValueError, "more than 256 scales");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < m->nm; k++) {
+        if (rad[k] < 0 || 2 * (int64_t)rad[k] + 3 != m->size[k]) {
+            PyErr_SetString(PyExc_ValueError, "radius does not match the Gaussian table size");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* encode_y(y int32 (n), idx uint8 (n), radius int32 (nm), cdf, size, lut, stride,
+ *          work int32 (n) writable scratch) -> bytes */
 static PyObject *py_encode_y(PyObject *self, PyObject *args) {
-    PyObject *yo, *io, *ro, *co, *so, *lo_;
+    PyObject *yo, *io, *ro, *co, *so, *lo_, *wo;
     Py_ssize_t stride;
-    if (!PyArg_ParseTuple(args, "OOOOOOn", &yo, &io, &ro, &co, &so, &lo_, &stride)) return NULL;
-    Buf y, ix, r, c, s, l;
-    ix.held = r.held = c.held = s.held = l.held = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOnO", &yo, &io, &ro, &co, &so, &lo_, &stride, &wo)) return NULL;
+    Buf y, ix, r, c, s, l, wk;
+    ix.held = r.held = c.held = s.held = l.held = wk.held = 0;
     PyObject *ret = NULL;
     Models m;
     if (get_buf(yo, &y, 4, 0, "y") < 0 || get_buf(io, &ix, 1, 0, "indices") < 0 || get_buf(ro, &r, 4, 0, "radius") < 0 ||
-        get_buf(co, &c, 4, 0, "cdf") < 0 || get_buf(so, &s, 4, 0, "size") < 0 || get_buf(lo_, &l, 4, 0, "lut") < 0 ||
-        check_models(&c, &s, &l, stride, &m) < 0)
+        get_buf(co, &c, 4, 0, "cdf") < 0 || get_buf(so, &s, 4, 0, "size") < 0 || get_buf(lo_, &l, 1, 0, "lut") < 0 ||
+        get_buf(wo, &wk, 4, 1, "work") < 0 || check_models(&c, &s, &l, stride, &m) < 0)
         goto done;
     Py_ssize_t n = nitems(&y);
     const int32_t *rad = (const int32_t *)r.b.buf;
-    if (nitems(&ix) != n || nitems(&r) != m.nm || m.nm > 256) {
-        PyErr_SetString(PyExc_ValueError, "y, indices and tables differ in size");
+    if (nitems(&ix) != n || nitems(&r) != m.nm || nitems(&wk) < n) {
+        PyErr_SetString(PyExc_ValueError, "y, indices, work and tables differ in size");
         goto done;
     }
-    for (Py_ssize_t k = 0; k < m.nm; k++) {
-        if (rad[k] < 0 || 2 * (int64_t)rad[k] + 3 != m.size[k]) {
-            PyErr_SetString(PyExc_ValueError, "radius does not match the Gaussian table size");
-            goto done;
-        }
-    }
+    if (check_y_tables(&m, rad) < 0) goto done;
     {
         const int32_t *yv = (const int32_t *)y.b.buf;
         const uint8_t *iv = (const uint8_t *)ix.b.buf;
-        int32_t *order = (int32_t *)malloc((size_t)(n ? n : 1) * sizeof(int32_t));
-        uint32_t *esc = NULL; /* u = e + 1 of each escape, in coding order */
+        int32_t *ys = (int32_t *)wk.b.buf; /* y values in coding order (grouped by index) */
+        uint32_t *esc = NULL;              /* u = e + 1 of each escape, in coding order */
         Py_ssize_t nesc = 0, esc_cap = 0;
-        Py_ssize_t start[257];
-        int err = order ? 0 : 3;
+        Py_ssize_t start[257], fill[256];
+        int err = 0;
         Enc e;
         e.words = NULL;
         Py_BEGIN_ALLOW_THREADS
-        if (!err && group_positions(iv, n, m.nm, order, start) < 0) err = 1;
+        if (group_starts(iv, n, m.nm, start) < 0) err = 1;
         if (!err) {
+            for (Py_ssize_t k = 0; k < m.nm; k++) fill[k] = start[k];
+            for (Py_ssize_t i = 0; i < n; i++) ys[fill[iv[i]]++] = yv[i];
             enc_init(&e, (size_t)n / 8 + 16);
             for (Py_ssize_t k = 0; k < m.nm && !err; k++) {
                 const uint32_t *cdf = m.cdf + k * stride;
-                int64_t rk = rad[k];
+                const int64_t rk = rad[k];
                 for (Py_ssize_t j = start[k]; j < start[k + 1]; j++) {
-                    int64_t v = yv[order[j]];
+                    int64_t v = ys[j];
                     int64_t t;
                     if (v < -rk || v > rk) {
                         if (v < -MAX_ABS_SYMBOL || v > MAX_ABS_SYMBOL) {
@@ -661,7 +673,6 @@ static PyObject *py_encode_y(PyObject *self, PyObject *args) {
             }
         }
         Py_END_ALLOW_THREADS
-        free(order);
         free(esc);
         if (err) {
             free(e.words);
@@ -679,70 +690,70 @@ done:
     rel(&c);
     rel(&s);
     rel(&l);
+    rel(&wk);
     return ret;
 }
 
-/* decode_y(data, out int32 (n) writable, idx uint8 (n), radius, cdf, size, lut, stride) -> None */
+/* decode_y(data, out int32 (n) writable, idx uint8 (n), radius, cdf, size, lut, stride,
+ *          work int32 (n) writable scratch) -> None */
 static PyObject *py_decode_y(PyObject *self, PyObject *args) {
-    PyObject *dob, *oo, *io, *ro, *co, *so, *lo_;
+    PyObject *dob, *oo, *io, *ro, *co, *so, *lo_, *wo;
     Py_ssize_t stride;
-    if (!PyArg_ParseTuple(args, "OOOOOOOn", &dob, &oo, &io, &ro, &co, &so, &lo_, &stride)) return NULL;
-    Buf d, o, ix, r, c, s, l;
-    o.held = ix.held = r.held = c.held = s.held = l.held = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnO", &dob, &oo, &io, &ro, &co, &so, &lo_, &stride, &wo)) return NULL;
+    Buf d, o, ix, r, c, s, l, wk;
+    o.held = ix.held = r.held = c.held = s.held = l.held = wk.held = 0;
     PyObject *ret = NULL;
     Models m;
     if (get_buf(dob, &d, 1, 0, "data") < 0 || get_buf(oo, &o, 4, 1, "out") < 0 || get_buf(io, &ix, 1, 0, "indices") < 0 ||
         get_buf(ro, &r, 4, 0, "radius") < 0 || get_buf(co, &c, 4, 0, "cdf") < 0 || get_buf(so, &s, 4, 0, "size") < 0 ||
-        get_buf(lo_, &l, 4, 0, "lut") < 0 || check_models(&c, &s, &l, stride, &m) < 0)
+        get_buf(lo_, &l, 1, 0, "lut") < 0 || get_buf(wo, &wk, 4, 1, "work") < 0 || check_models(&c, &s, &l, stride, &m) < 0)
         goto done;
     Py_ssize_t n = nitems(&o);
     const int32_t *rad = (const int32_t *)r.b.buf;
-    if (nitems(&ix) != n || nitems(&r) != m.nm || m.nm > 256) {
-        PyErr_SetString(PyExc_ValueError, "output, indices and tables differ in size");
+    if (nitems(&ix) != n || nitems(&r) != m.nm || nitems(&wk) < n) {
+        PyErr_SetString(PyExc_ValueError, "output, indices, work and tables differ in size");
         goto done;
     }
-    for (Py_ssize_t k = 0; k < m.nm; k++) {
-        if (rad[k] < 0 || 2 * (int64_t)rad[k] + 3 != m.size[k]) {
-            PyErr_SetString(PyExc_ValueError, "radius does not match the Gaussian table size");
-            goto done;
-        }
-    }
+    if (check_y_tables(&m, rad) < 0) goto done;
     {
         int32_t *ov = (int32_t *)o.b.buf;
         const uint8_t *iv = (const uint8_t *)ix.b.buf;
-        int32_t *order = (int32_t *)malloc((size_t)(n ? n : 1) * sizeof(int32_t));
-        int32_t *escpos = NULL; /* raster positions of escapes, in coding order */
-        uint8_t *escnb = NULL;
+        int32_t *ys = (int32_t *)wk.b.buf; /* decoded values in coding order */
+        int32_t *escj = NULL;              /* coding-order positions of escapes */
+        uint8_t *escnb = NULL, *esck = NULL;
         uint64_t *escu = NULL;
         Py_ssize_t nesc = 0, esc_cap = 0;
-        Py_ssize_t start[257];
-        int err = order ? 0 : 9;
+        Py_ssize_t start[257], fill[256];
+        int err = 0;
         Py_BEGIN_ALLOW_THREADS
-        if (!err && group_positions(iv, n, m.nm, order, start) < 0) err = 8;
+        if (group_starts(iv, n, m.nm, start) < 0) err = 8;
         Dec dd;
         dec_init(&dd, (const unsigned char *)d.b.buf, (size_t)d.b.len);
         for (Py_ssize_t k = 0; k < m.nm && !err; k++) {
-            const uint32_t *cdf = m.cdf + k * stride, *lut = m.lut + k * LUT_SIZE;
-            int64_t rk = rad[k], top = 2 * rk + 2;
+            const uint32_t *cdf = m.cdf + k * stride;
+            const uint16_t *lut = m.lut + k * LUT_SIZE;
+            const int64_t rk = rad[k], top = 2 * rk + 2;
             for (Py_ssize_t j = start[k]; j < start[k + 1]; j++) {
                 int64_t t = dec_categorical(&dd, cdf, lut);
                 if (t < 0) {
                     err = 1;
                     break;
                 }
-                int32_t pos = order[j];
-                ov[pos] = (int32_t)(t - rk - 1);
+                ys[j] = (int32_t)(t - rk - 1);
                 if (t == 0 || t == top) {
                     if (nesc == esc_cap) {
                         esc_cap = esc_cap ? 2 * esc_cap : 1024;
-                        int32_t *np_ = (int32_t *)realloc(escpos, (size_t)esc_cap * sizeof(int32_t));
-                        if (!np_) {
+                        int32_t *nj = (int32_t *)realloc(escj, (size_t)esc_cap * sizeof(int32_t));
+                        uint8_t *nk = nj ? (uint8_t *)realloc(esck, (size_t)esc_cap) : NULL;
+                        if (nj) escj = nj;
+                        if (nk) esck = nk;
+                        if (!nj || !nk) {
                             err = 9;
                             break;
                         }
-                        escpos = np_;
                     }
-                    escpos[nesc++] = pos;
+                    escj[nesc] = (int32_t)j;
+                    esck[nesc++] = (uint8_t)k;
                 }
             }
         }
@@ -782,14 +793,13 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
                 }
             }
             for (Py_ssize_t i = 0; i < nesc && !err; i++) {
-                int32_t pos = escpos[i];
-                int64_t rk = rad[iv[pos]];
-                uint64_t mag = escu[i] - 1 + (uint64_t)rk + 1;
+                int32_t j = escj[i];
+                uint64_t mag = escu[i] - 1 + (uint64_t)rad[esck[i]] + 1;
                 if (mag > (uint64_t)MAX_ABS_SYMBOL) {
                     err = 2;
                     break;
                 }
-                ov[pos] = ov[pos] < 0 ? -(int32_t)mag : (int32_t)mag;
+                ys[j] = ys[j] < 0 ? -(int32_t)mag : (int32_t)mag;
             }
         }
         if (!err) {
@@ -797,9 +807,13 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
             if (mk < 0) err = 1;
             else if (mk != END_MARKER) err = 3;
         }
+        if (!err) { /* back to raster order */
+            for (Py_ssize_t k = 0; k < m.nm; k++) fill[k] = start[k];
+            for (Py_ssize_t i = 0; i < n; i++) ov[i] = ys[fill[iv[i]]++];
+        }
         Py_END_ALLOW_THREADS
-        free(order);
-        free(escpos);
+        free(escj);
+        free(esck);
         free(escnb);
         free(escu);
         switch (err) {
@@ -822,6 +836,7 @@ done:
     rel(&c);
     rel(&s);
     rel(&l);
+    rel(&wk);
     return ret;
 }
 

@@ -36,6 +36,7 @@ import numpy as np
 from ilc_reference.config import HYPER_DOWNSAMPLE
 
 from . import intnet
+from .intnet import _work
 from .errors import BitstreamError
 from .tables import CodecTables
 
@@ -133,7 +134,7 @@ class _CTables:
         self.size = np.array([len(p) for p in pmfs], np.int32)
         for k, p in enumerate(pmfs):
             self.cdf[k, : len(p) + 1] = quantized_cdf(np.asarray(p, np.float64))
-        self.lut = np.frombuffer(rc.build_lut(self.cdf, self.size, self.stride), dtype=np.uint32)
+        self.lut = rc.build_lut(self.cdf, self.size, self.stride)  # bytes: uint16 per entry
 
 
 class _CCoder:
@@ -165,14 +166,16 @@ class _CCoder:
 
     def encode_y(self, y_sym: np.ndarray, indices: np.ndarray) -> bytes:
         g = self.gauss
-        return self._rc.encode_y(np.ascontiguousarray(y_sym, dtype=np.int32), np.ascontiguousarray(indices, dtype=np.uint8),
-                                 self.radius, g.cdf, g.size, g.lut, g.stride)
+        y = np.ascontiguousarray(y_sym, dtype=np.int32)
+        return self._rc.encode_y(y, np.ascontiguousarray(indices, dtype=np.uint8), self.radius, g.cdf, g.size, g.lut,
+                                 g.stride, _work("coder", y.size, np.int32))
 
     def decode_y(self, data: bytes, indices: np.ndarray) -> np.ndarray:
         _check_stream(data, "latent")
         out = np.empty(indices.shape, np.int32)
         g = self.gauss
-        self._rc.decode_y(data, out, np.ascontiguousarray(indices, dtype=np.uint8), self.radius, g.cdf, g.size, g.lut, g.stride)
+        self._rc.decode_y(data, out, np.ascontiguousarray(indices, dtype=np.uint8), self.radius, g.cdf, g.size, g.lut,
+                          g.stride, _work("coder", out.size, np.int32))
         return out
 
 

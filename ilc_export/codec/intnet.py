@@ -228,6 +228,67 @@ def _last_layer_indices_f32(tables: CodecTables, a: np.ndarray, out: np.ndarray)
 
 _LOCAL = threading.local()
 
+#: BLAS threads the integer net uses (the calling thread only): $ILC_ENTROPY_BLAS_THREADS,
+#: default 1. OpenBLAS's worker threads spin-wait; on a busy machine (or beside another
+#: busy runtime) two of them made the net 5x slower than one.
+BLAS_THREADS_ENV = "ILC_ENTROPY_BLAS_THREADS"
+_BLAS_SETTER: list = []
+
+
+def _openblas_local_setter():
+    """OpenBLAS's openblas_set_num_threads_local (>= 0.3.27; per calling thread, returns the
+    previous value) from the library numpy loaded, or None (other BLAS, older OpenBLAS)."""
+    if _BLAS_SETTER:
+        return _BLAS_SETTER[0]
+    fn = None
+    try:
+        import ctypes
+
+        paths = []
+        try:
+            with open("/proc/self/maps") as f:
+                paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln})
+        except OSError:
+            pass
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+                fn = lib.openblas_set_num_threads_local
+            except (OSError, AttributeError):
+                continue
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_int]
+            break
+    except Exception:  # noqa: BLE001 - an optimisation only
+        fn = None
+    _BLAS_SETTER.append(fn)
+    return fn
+
+
+class _blas_threads:
+    """Context manager: the calling thread's OpenBLAS thread count (no-op elsewhere)."""
+
+    def __init__(self, n: int | None = None):
+        import os
+
+        if n is None:
+            try:
+                n = int(os.environ.get(BLAS_THREADS_ENV, "1"))
+            except ValueError:
+                n = 1
+        self.n = n
+        self.prev = None
+
+    def __enter__(self):
+        fn = _openblas_local_setter() if self.n > 0 else None
+        if fn is not None:
+            self.prev = fn(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev is not None:
+            _openblas_local_setter()(self.prev)
+
 
 def _work(name: str, shape: tuple, dtype) -> np.ndarray:
     """A per-thread scratch array reused between calls (fresh large arrays cost page faults
@@ -258,6 +319,11 @@ def scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None
     bound and exact recomputation (same result; see _last_layer_indices_f32)."""
     if tables.num_scales > 256:
         raise ValueError("more than 256 scales do not fit uint8 indices")
+    with _blas_threads():
+        return _scale_indices(tables, w_hat, exact_f64)
+
+
+def _scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None) -> np.ndarray:
     a = hidden_activations(tables, w_hat)
     out = np.empty((tables.latent_channels,) + a.shape[1:], np.uint8)
     if exact_f64 is None:
