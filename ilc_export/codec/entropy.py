@@ -63,6 +63,7 @@ def _cs():
 def _c_module():
     from . import _rangecoder
 
+    _rangecoder.set_error_class(BitstreamError)  # corrupted streams raise BitstreamError
     return _rangecoder
 
 
@@ -144,7 +145,6 @@ class _CCoder:
 
     def __init__(self, tables: CodecTables):
         self._rc = _c_module()
-        self._rc.set_error_class(BitstreamError)
         self.tables = tables
         self.prior = _CTables([tables.prior_pmf(c) for c in range(tables.hyper_channels)])
         self.gauss = _CTables([tables.gauss_pmf(k) for k in range(tables.num_scales)])
