@@ -45,7 +45,7 @@ def _conv3x3_bands(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, post, ou
     cout = weight.shape[0]
     w2 = weight.reshape(cout, cin * 9).astype(np.float64)
     b = bias.astype(np.float64)[:, None]
-    rows = max(1, min(h, BAND_BYTES // max(1, cin * 9 * w * 8)))
+    rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, cin * 9 * w * 8))))
     # inputs are integers below 2**24 (w_hat within +-2**20, activations <= act_max < 2**24),
     # so float32 holds them exactly; bands are widened to float64 for the products
     xp = _work("xp" + tag, (cin, h + 2, w + 2), np.float32)
@@ -54,11 +54,11 @@ def _conv3x3_bands(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, post, ou
     xp[:, :, 0] = 0
     xp[:, :, -1] = 0
     xp[:, 1:-1, 1:-1] = x
-    cols = _work("cols" + tag, (cin, 3, 3, rows, w), np.float64)
-    for r0 in range(0, h, rows):
+
+    def band(r0):
         r1 = min(h, r0 + rows)
         n = r1 - r0
-        c = cols[:, :, :, :n] if n < rows else cols
+        c = _work("cols" + tag, (cin, 3, 3, n, w), np.float64)
         for kh in range(3):
             for kw in range(3):
                 c[:, kh, kw] = xp[:, r0 + kh:r1 + kh, kw:kw + w]
@@ -66,6 +66,56 @@ def _conv3x3_bands(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, post, ou
         np.matmul(w2, c.reshape(cin * 9, n * w), out=acc)
         acc += b
         out[:, r0:r1] = post(acc).reshape(cout, n, w)
+
+    _run_bands(h, rows, band)
+
+
+def entropy_threads() -> int:
+    """Threads of the integer net: $ILC_ENTROPY_THREADS, default min(2, CPU count)."""
+    import os
+
+    try:
+        n = int(os.environ.get(THREADS_ENV, "0"))
+    except ValueError:
+        n = 0
+    return n if n > 0 else min(2, os.cpu_count() or 1)
+
+
+THREADS_ENV = "ILC_ENTROPY_THREADS"
+_POOL: list = []
+_POOL_LOCK = threading.Lock()
+
+
+def _band_rows(h: int, rows: int) -> int:
+    """Rows per band: the memory bound, and at least one band per thread."""
+    t = entropy_threads()
+    return max(1, min(rows, -(-h // t))) if t > 1 else rows
+
+
+def _run_bands(h: int, rows: int, fn) -> None:
+    """fn(r0) for every band; bands run in parallel threads (each with one BLAS thread and
+    its own scratch arrays; numpy's GEMM, copies and the C kernels release the GIL)."""
+    starts = list(range(0, h, rows))
+    t = entropy_threads()
+    if t <= 1 or len(starts) <= 1:
+        for r0 in starts:
+            fn(r0)
+        return
+    with _POOL_LOCK:
+        if not _POOL or _POOL[0][1] != t:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if _POOL:
+                _POOL.pop()[0].shutdown(wait=False)
+            _POOL.append((ThreadPoolExecutor(max_workers=t, thread_name_prefix="ilc-intnet"), t))
+        pool = _POOL[0][0]
+
+    def job(r0):
+        with _blas_threads():
+            fn(r0)
+
+    for f in [pool.submit(job, r0) for r0 in starts]:
+        f.result()
 
 
 def _check_w_hat(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
@@ -200,22 +250,18 @@ def _last_layer_indices_f32(tables: CodecTables, a: np.ndarray, out: np.ndarray)
     a64 = a.astype(np.float64)
     sq[1:-1, 1:-1] = np.einsum("chw,chw->hw", a64, a64)
     del a64
-    rows = max(1, min(h, BAND_BYTES // max(1, k * w * 4)))
-    cols = _work("cols32", (cin, 3, 3, rows, w), np.float32)
-    vbuf = _work("v32", (cout, rows * w), np.float32)
-    for r0 in range(0, h, rows):
+    rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, k * w * 4))))
+
+    def band(r0):
         r1 = min(h, r0 + rows)
         n = r1 - r0
-        c = cols[:, :, :, :n] if n < rows else cols
+        c = _work("cols32", (cin, 3, 3, n, w), np.float32)
         for kh in range(3):
             for kw in range(3):
                 c[:, kh, kw] = xp[:, r0 + kh:r1 + kh, kw:kw + w]
         c2 = c.reshape(k, n * w)
-        v = vbuf[:, : n * w] if n < rows else vbuf
-        if n < rows:
-            v = w32 @ c2
-        else:
-            np.matmul(w32, c2, out=v)
+        v = _work("v32", (cout, n * w), np.float32)
+        np.matmul(w32, c2, out=v)
         box = np.zeros((n, w), np.float64)
         for kh in range(3):
             for kw in range(3):
@@ -224,6 +270,8 @@ def _last_layer_indices_f32(tables: CodecTables, a: np.ndarray, out: np.ndarray)
         g = np.empty((cout, n * w), np.uint8)
         last_layer_post(v, b64, wscale, colnorm, t, g, xp, cin, h + 2, w + 2, r0, w64)
         out[:, r0:r1] = g.reshape(cout, n, w)
+
+    _run_bands(h, rows, band)
 
 
 _LOCAL = threading.local()
