@@ -99,6 +99,9 @@ def test_aarch64_cp310_wheels_of_the_runtime_exist(tmp_path):
 
 def _emulation_ready() -> str | None:
     """None if the emulated aarch64 round trip can run here, else why not."""
+    if os.environ.get("ILC_AARCH64_CHECK") != "1":
+        return ("opt-in (about 4 min under qemu): set ILC_AARCH64_CHECK=1; result of the last run in "
+                "docs/results/aarch64_emulation.json")
     if shutil.which("qemu-aarch64-static") is None and not Path("/usr/bin/qemu-aarch64-static").exists():
         return "qemu-user-static is not installed (apt-get install qemu-user-static)"
     root = Path(os.environ.get("ILC_AARCH64_ROOT", "/opt/ilc-aarch64"))
@@ -115,7 +118,7 @@ def test_emulated_aarch64_roundtrip(tmp_path):
     if why:
         pytest.skip(why)
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "aarch64_emulation.py"), "check",
-                          "--work", str(tmp_path), "--size", "128x192"],
+                          "--work", str(tmp_path), "--size", "128x192", "--images", "1"],
                          capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     assert "SAME PIXELS" in res.stdout
