@@ -86,6 +86,16 @@ _POOL: list = []
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_pool() -> None:  # a forked child has the pool object but not its threads
+    global _POOL_LOCK
+    _POOL.clear()
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(__import__("os"), "register_at_fork"):
+    __import__("os").register_at_fork(after_in_child=_forget_pool)
+
+
 def _band_rows(h: int, rows: int) -> int:
     """Rows per band: the memory bound, and at least one band per thread."""
     t = entropy_threads()
