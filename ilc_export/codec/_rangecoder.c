@@ -1038,15 +1038,21 @@ static PyObject *py_last_layer_post(PyObject *self, PyObject *args) {
             const float *restrict vrow = vv + oc * n;
             uint8_t *restrict orow = out + oc * n;
             const double bo = bias[oc], wo = ws[oc];
+            const double *restrict cnv = cn;
             for (Py_ssize_t p = 0; p < n; p++) {
                 double xv = (double)vrow[p] + bo;
-                double bound = wo * cn[p];
+                double bound = wo * cnv[p];
+                double gg = (xv - t0) * inv + 1.0;
+                gg = gg > 0.0 ? gg : 0.0; /* also maps NaN to 0 */
+                gg = gg < gmax ? gg : gmax;
+                Py_ssize_t g = (Py_ssize_t)gg;
+                /* fast path: the guess is the index and the bound settles it */
+                if ((xv - bound >= tp[g]) & (xv + bound < tp[g + 1])) {
+                    orow[p] = (uint8_t)g;
+                    continue;
+                }
                 int exact = 0;
                 for (;;) {
-                    double gg = (xv - t0) * inv + 1.0;
-                    gg = gg > 0.0 ? gg : 0.0; /* also maps NaN to 0 */
-                    gg = gg < gmax ? gg : gmax;
-                    Py_ssize_t g = (Py_ssize_t)gg;
                     while (g < nt && xv >= tp[g + 1]) g++;
                     while (g > 0 && xv < tp[g]) g--;
                     if (exact || ((xv - bound >= tp[g]) & (xv + bound < tp[g + 1]))) {
@@ -1065,6 +1071,10 @@ static PyObject *py_last_layer_post(PyObject *self, PyObject *args) {
                     xv = acc + bo;
                     exact = 1;
                     nexact++;
+                    if (xv != xv) { /* cannot happen for finite inputs; keep the index defined */
+                        orow[p] = 0;
+                        break;
+                    }
                 }
             }
         }
