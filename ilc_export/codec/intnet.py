@@ -71,14 +71,16 @@ def _conv3x3_bands(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, post, ou
 
 
 def entropy_threads() -> int:
-    """Threads of the integer net: $ILC_ENTROPY_THREADS, default min(2, CPU count)."""
+    """Threads of the integer net: $ILC_ENTROPY_THREADS, default 1. On the 2-core project
+    machine under load, 2 threads cost 15-20 % more CPU and gained no wall time (measured
+    2026-11-27, benchmarks/README.md); on an idle many-core CPU (Orin) 2-4 can help."""
     import os
 
     try:
-        n = int(os.environ.get(THREADS_ENV, "0"))
+        n = int(os.environ.get(THREADS_ENV, "1"))
     except ValueError:
-        n = 0
-    return n if n > 0 else min(2, os.cpu_count() or 1)
+        n = 1
+    return max(1, min(n, os.cpu_count() or 1))
 
 
 THREADS_ENV = "ILC_ENTROPY_THREADS"
