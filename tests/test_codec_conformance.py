@@ -331,3 +331,50 @@ def test_c_coder_releases_the_gil():
     span = window["end"] - window["start"]
     inside = [t for t in stamps if window["start"] + 0.1 * span < t < window["end"] - 0.1 * span]
     assert span > 0 and len(inside) > 100, (span, len(inside))
+
+
+# --- the integer scale net: the float32 fast path equals the exact float64 path ------------------
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_scale_net_fast_path_is_exact(monkeypatch, threads):
+    """Same indices from the float32-BLAS path (error bound + exact recompute) and the all-float64
+    path, for every shipped model's tables and hand-made ones, 1 and 2 threads."""
+    from ilc_export.codec import intnet
+    from ilc_export.codec.tables import CodecTables
+
+    monkeypatch.setenv(intnet.THREADS_ENV, threads)
+    tables = [_tables("hand")] + [CodecTables.load(p) for p in _shipped()]
+    rng = np.random.default_rng(int(threads))
+    recomputed = 0
+    for tab in tables:
+        assert intnet._f32_layer_ok(tab)
+        for h, w in ((1, 1), (3, 5), (9, 15)):
+            lo = tab.prior_lo.astype(np.int64)[:, None, None]
+            n = tab.prior_len.astype(np.int64)[:, None, None]
+            w_hat = (lo + (rng.random((tab.hyper_channels, h, w)) ** rng.choice([0.3, 1, 3]) * n).astype(np.int64)
+                     .clip(0, n - 1)).astype(np.int32)
+            fast = intnet.scale_indices(tab, w_hat)
+            exact = intnet.scale_indices(tab, w_hat, exact_f64=True)
+            np.testing.assert_array_equal(fast, exact)
+            v = intnet.v_int(tab, w_hat)
+            np.testing.assert_array_equal(exact, intnet.indices_from_v(tab, v))
+
+
+def test_scale_net_fast_path_when_values_sit_on_thresholds():
+    """Thresholds placed exactly on computed values: the bound cannot settle those elements,
+    the C kernel recomputes them exactly (and thresholds that are not evenly spaced)."""
+    import dataclasses
+
+    from ilc_export.codec import intnet
+
+    tab = _tables("hand")
+    rng = np.random.default_rng(3)
+    w_hat = np.stack([int(tab.prior_lo[c]) + rng.integers(0, int(tab.prior_len[c]), (4, 6))
+                      for c in range(tab.hyper_channels)]).astype(np.int32)
+    v = intnet.v_int(tab, w_hat)
+    vals = np.unique(v)
+    thr = np.sort(rng.choice(vals, size=min(len(vals), tab.num_scales - 1), replace=False)).astype(np.int64)
+    tab2 = dataclasses.replace(tab, thresholds=thr)
+    fast = intnet.scale_indices(tab2, w_hat)
+    np.testing.assert_array_equal(fast, np.searchsorted(thr.astype(np.float64), v, side="right").astype(np.uint8))
+    np.testing.assert_array_equal(fast, intnet.scale_indices(tab2, w_hat, exact_f64=True))

@@ -80,7 +80,9 @@ def entropy_threads() -> int:
         n = int(os.environ.get(THREADS_ENV, "1"))
     except ValueError:
         n = 1
-    return max(1, min(n, os.cpu_count() or 1))
+    if n <= 1:
+        return 1
+    return min(n, os.cpu_count() or 1)
 
 
 THREADS_ENV = "ILC_ENTROPY_THREADS"
