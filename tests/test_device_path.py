@@ -182,3 +182,20 @@ def test_cuda_fp16_files_decode_on_cpu(tiny_ckpt, images):
     cpu = ImageCodec(load_backend("torch", tiny_ckpt, device="cpu"))
     assert cpu.decompress(data)[0].shape == img.shape
     assert gpu.decompress(data)[0].shape == img.shape
+
+
+def test_verify_device_and_provider(export_dir, tmp_path):
+    from ilc_export.cli.export_cli import app as export_app
+
+    out = tmp_path / "rep.json"
+    r = cli.invoke(export_app, ["verify", str(export_dir), "-p", "fp32", "--device", "cpu", "--provider", "cpu",
+                                "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    import json
+
+    rep = json.loads(out.read_text())
+    assert rep["torch_device"] == "cpu" and rep["precisions"]["fp32"]["providers"] == ["CPUExecutionProvider"]
+    r = cli.invoke(export_app, ["verify", str(export_dir), "-p", "fp32", "--device", "tpu"])
+    assert r.exit_code == 1 and "unknown device 'tpu'" in r.output and "Traceback" not in r.output
+    r = cli.invoke(export_app, ["verify", str(export_dir), "-p", "fp32", "--ep", "nope"])
+    assert r.exit_code == 1 and "unknown execution provider 'nope'" in r.output
