@@ -23,7 +23,8 @@ BackendOpt = typer.Option(None, "--backend", "-b", help="torch | onnxruntime | t
 ModelOpt = typer.Option(None, "--model", "-m", help="checkpoint (.safetensors), ONNX export folder, engine folder "
                         "or shipped model name (ilc-q2, baseline-q1); default: the shipped ilc-q<Q>")
 PrecisionOpt = typer.Option(None, "--precision", "-p", help="fp32 | fp16 graphs (onnxruntime / tensorrt; "
-                            "default: fp32 for onnxruntime, whatever the engine folder holds for tensorrt)")
+                            "default: fp32 for onnxruntime, whatever the engine folder holds for tensorrt); "
+                            "torch: fp16 transforms with --device cuda")
 ThreadsOpt = typer.Option(None, "--threads", help="intra-op threads for the backend, >= 1 (default: all cores)")
 JobsOpt = typer.Option(1, "--jobs", "-j", help="images coded concurrently (threads sharing one model); "
                        "e.g. -j 2 --threads 1 on a 2-core machine")
