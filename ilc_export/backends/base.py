@@ -18,6 +18,10 @@ check these, never the backend's name.
     pixels, w / w_hat and the integer symbols cross to the host. They must give exactly the
     symbols and pixels the host path (``run`` per graph + the codec's quantizers) gives on
     the same device.
+  DEVICE_PIXELS (with FUSED_TILES): encode_tile takes the tile's uint8 pixels (H,W,3) and
+    decode_tile returns uint8 pixels (H,W,3): the conversions to and from the model's float
+    range run on the device too, with exactly the rule of ``pipeline.image_io`` (to_nchw,
+    from_nchw, and NaN -> 0, +-inf -> 1 / 0), so only a quarter of the bytes cross.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 #: capability name: the runner implements encode_tile / decode_tile
 FUSED_TILES = "fused_tiles"
+#: capability name: encode_tile / decode_tile take and return uint8 pixels
+DEVICE_PIXELS = "device_pixels"
 
 
 class BackendError(RuntimeError):
@@ -61,13 +67,14 @@ class Runner(ABC):
         """Run one graph; feeds and results are float32 numpy arrays keyed by tensor name."""
 
     def encode_tile(self, image: np.ndarray, quantize_w) -> tuple[np.ndarray, np.ndarray]:
-        """FUSED_TILES: image (1,3,H,W) float32 -> (w_hat (Nh,h/4,w/4) int32, y symbols (M,h,w)
-        int32). ``quantize_w`` (the codec's, on the host) turns w into w_hat; the y symbols are
+        """FUSED_TILES: image (1,3,H,W) float32 (DEVICE_PIXELS: (H,W,3) uint8) -> (w_hat
+        (Nh,h/4,w/4) int32, y symbols (M,h,w) int32). ``quantize_w`` (the codec's, on the host) turns w into w_hat; the y symbols are
         round(y - mu) exactly as ``EntropyCodec.quantize_y`` computes them."""
         raise NotImplementedError(f"{self.name} runner does not declare {FUSED_TILES}")
 
     def decode_tile(self, w_hat: np.ndarray, y_sym: np.ndarray, z) -> np.ndarray:
-        """FUSED_TILES: (w_hat, y symbols, z) -> image (1,3,H,W) float32, not clipped.
+        """FUSED_TILES: (w_hat, y symbols, z) -> image (1,3,H,W) float32, not clipped
+        (DEVICE_PIXELS: (H,W,3) uint8).
         z: the surrogate z (1,Z,h,w) float32, or its shape tuple for z = 0 (made on the device)."""
         raise NotImplementedError(f"{self.name} runner does not declare {FUSED_TILES}")
 

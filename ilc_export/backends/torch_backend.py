@@ -4,7 +4,9 @@ Device-resident coding (FUSED_TILES): ``encode_tile`` / ``decode_tile`` keep y, 
 y_hat as tensors on the device; only the pixels, w / w_hat and the integer symbols cross.
 The symbols are computed on the device with the codec's exact rule (float64 y - mu, round
 half to even, NaN -> 0, clamp), so a file is byte-identical to the per-graph host path on
-the same device.
+the same device. DEVICE_PIXELS: the uint8 tile goes up and the uint8 tile comes back, and
+the conversions run on the device (a 256-entry table for x / 255, numpy's own float32
+values, so the division cannot differ; round(x * 255) in float32, half to even, as numpy).
 
 fp16 (a CUDA device only): forward and inverse run under autocast; hyper_mean always runs in
 fp32, so mu stays as close as possible to what an fp32 decoder computes. Only the
@@ -17,9 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import FUSED_TILES, BackendError, Runner
+from .base import DEVICE_PIXELS, FUSED_TILES, BackendError, Runner
 
 TORCH_PRECISIONS = ("fp32", "fp16")
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """torch.from_numpy warns on read-only arrays (decoded images often are): copy those only."""
+    return a if a.flags.writeable else a.copy()
 
 
 def resolve_device(device: str | None):
@@ -50,7 +57,7 @@ def resolve_device(device: str | None):
 
 class TorchRunner(Runner):
     name = "torch"
-    capabilities = frozenset({FUSED_TILES})
+    capabilities = frozenset({FUSED_TILES, DEVICE_PIXELS})
 
     def __init__(self, ckpt: Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
         import torch
@@ -101,8 +108,24 @@ class TorchRunner(Runner):
             x = self.model.synthesis(y_hat, z)
         return {"image": x.float()}
 
+    def _pixels_in(self, px: np.ndarray):
+        """(H,W,3) uint8 -> (1,3,H,W) float32 on the device, equal to image_io.to_nchw."""
+        torch = self._torch
+        if getattr(self, "_lut", None) is None:
+            lut = np.arange(256, dtype=np.uint8).astype(np.float32) / np.float32(255.0)  # to_nchw's rule
+            self._lut = torch.from_numpy(lut).to(self._dev)
+        t = torch.from_numpy(_writable(np.ascontiguousarray(px, dtype=np.uint8))).to(self._dev)
+        return self._lut[t.long()].permute(2, 0, 1).unsqueeze(0).contiguous()
+
+    def _pixels_out(self, x):
+        """(1,3,H,W) float -> (H,W,3) uint8 on the host, equal to nan_to_num + image_io.from_nchw."""
+        torch = self._torch
+        x = torch.nan_to_num(x[0].float(), nan=0.0, posinf=1.0, neginf=0.0)
+        x8 = torch.clamp(torch.round(x * 255.0), 0, 255).to(torch.uint8)
+        return x8.permute(1, 2, 0).contiguous().cpu().numpy()
+
     def _to_dev(self, a: np.ndarray):
-        t = self._torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        t = self._torch.from_numpy(_writable(np.ascontiguousarray(a, dtype=np.float32)))
         return t.to(self._dev, non_blocking=True) if self._dev.type == "cuda" else t
 
     def run(self, graph, feeds):
@@ -117,7 +140,8 @@ class TorchRunner(Runner):
 
         torch = self._torch
         with torch.inference_mode():
-            out = self._forward(self._to_dev(image))
+            x = self._pixels_in(image) if image.dtype == np.uint8 else self._to_dev(image)
+            out = self._forward(x)
             y, w = out["y"], out["w"]
             del out  # z is not needed to encode: it never leaves the device
             w_hat = quantize_w(w[0].cpu().numpy())
@@ -134,7 +158,7 @@ class TorchRunner(Runner):
             sym = torch.from_numpy(np.ascontiguousarray(y_sym, dtype=np.int32)[None])
             y_hat = sym.to(self._dev, non_blocking=self._dev.type == "cuda").float() + mu
             zt = torch.zeros(tuple(z), dtype=torch.float32, device=self._dev) if isinstance(z, tuple) else self._to_dev(z)
-            return self._inverse(y_hat, zt)["image"].cpu().numpy()
+            return self._pixels_out(self._inverse(y_hat, zt)["image"])
 
     def tables_path(self) -> Path:
         return self.source

@@ -13,7 +13,7 @@ import numpy as np
 
 from ilc_reference.config import padded_size
 
-from ..backends.base import FUSED_TILES, Runner
+from ..backends.base import DEVICE_PIXELS, FUSED_TILES, Runner
 from ..codec.bitstream import Header, check_model, pack, unpack
 from ..codec.entropy import EntropyCodec
 from ..codec.errors import BitstreamError
@@ -73,6 +73,8 @@ class ImageCodec:
         self.fused = FUSED_TILES in runner.capabilities if fused is None else bool(fused)
         if self.fused and FUSED_TILES not in runner.capabilities:
             raise ValueError(f"the {runner.name} runner does not declare {FUSED_TILES}")
+        #: the fused runner converts pixels itself (on its device)
+        self.device_pixels = self.fused and DEVICE_PIXELS in runner.capabilities
         self.tables = tables or CodecTables.load(runner.tables_path())
         self.entropy = EntropyCodec(self.tables)
         self.model_id = runner.model_id
@@ -113,8 +115,10 @@ class ImageCodec:
         for t in tiling.layout(header):
             with _Timer(st, "transform"):
                 if self.fused:
-                    w_hat, y_sym = self.runner.encode_tile(model_input(tiling.tile_pixels(img, t)),
+                    px = tiling.tile_pixels(img, t)  # already the tile's padded size
+                    w_hat, y_sym = self.runner.encode_tile(px if self.device_pixels else model_input(px),
                                                            self.entropy.quantize_w)
+                    del px
                 else:
                     lat = self.latents(tiling.tile_pixels(img, t))
                     w_hat, y_sym = lat["w_hat"], self.entropy.quantize_y(lat["y"], lat["mu"])
@@ -171,11 +175,14 @@ class ImageCodec:
                     del mu, y_hat
             st.num_symbols += y_sym.size + w_hat.size
             del z
-            if not np.isfinite(x).all():  # only a forged (CRC-valid) file can push the transform there
-                x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
             ch, cw = t.crop_size(h, w)
             if out is None:  # allocated once the first tile has decoded
                 out = np.empty((h, w, 3), np.uint8)
-            out[t.top:t.top + ch, t.left:t.left + cw] = from_nchw(x, ch, cw)
+            if self.device_pixels:  # already uint8, non-finite values handled on the device
+                out[t.top:t.top + ch, t.left:t.left + cw] = x[:ch, :cw]
+            else:
+                if not np.isfinite(x).all():  # only a forged (CRC-valid) file can push the transform there
+                    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+                out[t.top:t.top + ch, t.left:t.left + cw] = from_nchw(x, ch, cw)
             del x
         return out, st
