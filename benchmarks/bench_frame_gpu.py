@@ -10,7 +10,8 @@ Written for a GPU window (``--device cuda``, fp32 and fp16); it runs unchanged o
 Paths: ``fused`` = the device-resident path (FUSED_TILES: latents stay on the device, only
 w and the symbols cross), ``host`` = every graph's outputs copied back to numpy between graphs
 (the path before FUSED_TILES). Stages (milliseconds per frame, mean over the timed frames):
-``transform`` = the graphs (and, fused, the symbol rounding on the device), ``entropy`` =
+``transform`` = the graphs, pixel conversion (fused torch: on the device) and, fused, the
+symbol rounding on the device, ``entropy`` =
 integer scale network + rANS, ``rest`` = wall time minus both (padding, tiling, quantizing
 on the host, container). Every file is decoded again on the CPU (fp32) when the device is not
 the CPU: the bitstream contract says it must decode there, so a failure is a bug, not noise.
