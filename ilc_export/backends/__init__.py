@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from .base import GRAPHS, BackendError, Runner
+from .base import DEVICE_PIXELS, FUSED_TILES, GRAPHS, BackendError, Runner
 
 # name -> "module:function"; modules are imported only when asked for, so the
 # onnxruntime backend never imports torch and vice versa.
@@ -33,4 +33,4 @@ def load_backend(name: str, source: str | Path, **options) -> Runner:
     return getattr(module, fn)(Path(source), **options)
 
 
-__all__ = ["GRAPHS", "BackendError", "Runner", "load_backend", "available_backends"]
+__all__ = ["DEVICE_PIXELS", "FUSED_TILES", "GRAPHS", "BackendError", "Runner", "load_backend", "available_backends"]

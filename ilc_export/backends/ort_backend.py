@@ -3,7 +3,13 @@
 ``load(folder)`` reads ``manifest.json``, checks every graph file's size and sha256
 against it (a corrupted or mismatched file is named in the error), and creates one
 InferenceSession per graph, once. Execution providers: TensorRT and CUDA when this
-onnxruntime build has them, else CPU; or the ``providers`` given.
+onnxruntime build has them, else CPU; or the ``providers`` given, in preference order, by
+full name or short name (cpu, cuda, cuda:N, tensorrt / trt, tensorrt:N).
+
+FUSED_TILES through IO binding: the graphs' outputs are bound on the first provider's device,
+so z never leaves it at encode time, and each graph's inputs are copied in once. The symbol
+rounding (y - mu) and y_hat = symbols + mu are not graphs, so y and mu are read back to the
+host: only the graphs, not the arithmetic between them, run on an ONNX Runtime device.
 """
 from __future__ import annotations
 
@@ -19,10 +25,45 @@ from ..export.manifest import (
     read_manifest,
     verify_files,
 )
-from .base import GRAPHS, BackendError, Runner
+from .base import FUSED_TILES, GRAPHS, BackendError, Runner
 
 #: preferred providers, best first; only those this onnxruntime build has are used
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+#: short provider names accepted by ``providers`` / ``--provider``
+PROVIDER_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+#: providers whose tensors live in CUDA memory (IO binding binds there)
+_CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def parse_providers(providers) -> list:
+    """'cuda,cpu' / ['tensorrt', 'cuda:1'] / full names / (name, options) -> onnxruntime's
+    providers list, preference order kept; BackendError naming an unknown one."""
+    if isinstance(providers, str):
+        providers = [p for p in providers.split(",") if p.strip()]
+    out = []
+    for p in providers:
+        if not isinstance(p, str):  # (name, options) as onnxruntime takes it
+            out.append(tuple(p))
+            continue
+        name, _, index = p.strip().partition(":")
+        full = PROVIDER_NAMES.get(name.lower(), name)
+        if not full.endswith("ExecutionProvider"):
+            raise BackendError(f"unknown execution provider {p.strip()!r}; use cpu, cuda[:N], tensorrt[:N] "
+                               "or a full onnxruntime provider name")
+        if index:
+            if not index.isdigit() or full not in _CUDA_PROVIDERS:
+                raise BackendError(f"bad execution provider {p.strip()!r}: only cuda:N and tensorrt:N take a device index")
+            out.append((full, {"device_id": int(index)}))
+        else:
+            out.append(full)
+    if not out:
+        raise BackendError("no execution provider given; use cpu, cuda[:N] or tensorrt[:N]")
+    return out
 
 
 def _config_from(manifest: dict):
@@ -33,6 +74,7 @@ def _config_from(manifest: dict):
 
 class OrtRunner(Runner):
     name = "onnxruntime"
+    capabilities = frozenset({FUSED_TILES})
 
     def __init__(
         self,
@@ -64,11 +106,12 @@ class OrtRunner(Runner):
         if providers is None:
             providers = [p for p in DEFAULT_PROVIDERS if p in available]
         else:
-            providers = list(providers)
+            providers = parse_providers(providers)
             missing = [p if isinstance(p, str) else p[0] for p in providers]
             missing = [p for p in missing if p not in available]
             if missing:
-                raise BackendError(f"onnxruntime here lacks {', '.join(missing)}; available: {', '.join(available)}")
+                raise BackendError(f"onnxruntime {ort.__version__} here lacks {', '.join(missing)} (available: "
+                                   f"{', '.join(available)}); install an onnxruntime build with it, or use --provider cpu")
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if threads:
@@ -93,6 +136,15 @@ class OrtRunner(Runner):
             if sorted(got_in) != sorted(want_in) or list(got_out) != list(want_out):
                 raise BackendError(f"{path}: graph has inputs {got_in} / outputs {got_out}, expected {list(want_in)} / {list(want_out)}")
         self.providers = self.sessions["forward"].get_providers()
+        first = providers[0] if providers else "CPUExecutionProvider"
+        first_name, first_opts = (first, {}) if isinstance(first, str) else (first[0], dict(first[1]))
+        if first_name in _CUDA_PROVIDERS and self.providers[0] in _CUDA_PROVIDERS:
+            self._bind = ("cuda", int(first_opts.get("device_id", 0)))
+            self.device = f"{self.providers[0]}:{self._bind[1]}"
+        else:
+            self._bind = ("cpu", 0)
+            self.device = self.providers[0]
+        self._ort = ort
 
     def run(self, graph, feeds):
         self.check_graph(graph, feeds)
@@ -107,6 +159,40 @@ class OrtRunner(Runner):
             raise BackendError(f"{graph}: onnxruntime failed: {e}") from e
         return dict(zip(GRAPHS[graph][1], outs))
 
+    # -- FUSED_TILES through IO binding ----------------------------------------------
+    def _bound(self, graph: str, feeds: dict) -> list:
+        """Run `graph` with outputs bound on the provider's device; feeds are numpy arrays
+        (copied in once) or OrtValues (already there). Returns the output OrtValues."""
+        sess = self.sessions[graph]
+        io = sess.io_binding()
+        for k, v in feeds.items():
+            if isinstance(v, np.ndarray):
+                v = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, dtype=np.float32), *self._bind)
+            io.bind_ortvalue_input(k, v)
+        for k in GRAPHS[graph][1]:
+            io.bind_output(k, *self._bind)
+        try:
+            sess.run_with_iobinding(io)
+        except Exception as e:
+            raise BackendError(f"{graph}: onnxruntime failed: {e}") from e
+        return io.get_outputs()
+
+    def encode_tile(self, image, quantize_w):
+        from ..codec.entropy import EntropyCodec
+
+        y, _z, w = self._bound("forward", {"image": image})  # z stays on the device
+        w_hat = quantize_w(w.numpy()[0])
+        (mu,) = self._bound("hyper_mean", {"w_hat": w_hat[None]})
+        return w_hat, EntropyCodec.quantize_y(y.numpy()[0], mu.numpy()[0])
+
+    def decode_tile(self, w_hat, y_sym, z):
+        (mu,) = self._bound("hyper_mean", {"w_hat": w_hat[None]})
+        y_hat = (y_sym[None].astype(np.float32) + mu.numpy()).astype(np.float32)
+        if isinstance(z, tuple):
+            z = np.zeros(z, np.float32)  # onnxruntime has no zero-filled device allocation
+        (x,) = self._bound("inverse", {"y_hat": y_hat, "z": z})
+        return x.numpy()
+
     def tables_path(self) -> Path:
         return self.source / TABLES_NAME
 
@@ -120,9 +206,13 @@ def load(
     providers=None,
     precision: str = "fp32",
     verify: bool = True,
+    device: str | None = None,
     **_,
 ) -> OrtRunner:
     source = Path(source)
+    if device not in (None, "cpu"):
+        raise BackendError(f"--device {device} is for the torch backend; onnxruntime picks its device with "
+                           "--provider (cuda[:N], tensorrt[:N], cpu)")
     if source.is_file():
         if source.name == "manifest.json":
             source = source.parent

@@ -1,29 +1,84 @@
-"""The PyTorch reference backend: runs the checkpoint's modules directly."""
+"""The PyTorch reference backend: runs the checkpoint's modules directly, on CPU or a CUDA GPU.
+
+Device-resident coding (FUSED_TILES): ``encode_tile`` / ``decode_tile`` keep y, z, mu and
+y_hat as tensors on the device; only the pixels, w / w_hat and the integer symbols cross.
+The symbols are computed on the device with the codec's exact rule (float64 y - mu, round
+half to even, NaN -> 0, clamp), so a file is byte-identical to the per-graph host path on
+the same device. DEVICE_PIXELS: the uint8 tile goes up and the uint8 tile comes back, and
+the conversions run on the device (a 256-entry table for x / 255, numpy's own float32
+values, so the division cannot differ; round(x * 255) in float32, half to even, as numpy).
+
+fp16 (a CUDA device only): forward and inverse run under autocast; hyper_mean always runs in
+fp32, so mu stays as close as possible to what an fp32 decoder computes. Only the
+reconstruction moves with fp16; every symbol and CDF index stays exact (SPEC section 2).
+"""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
-from .base import BackendError, Runner
+from .base import DEVICE_PIXELS, FUSED_TILES, BackendError, Runner
+
+TORCH_PRECISIONS = ("fp32", "fp16")
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """torch.from_numpy warns on read-only arrays (decoded images often are): copy those only."""
+    return a if a.flags.writeable else a.copy()
+
+
+def resolve_device(device: str | None):
+    """'cpu', 'cuda' or 'cuda:N' -> torch.device, or a one-line BackendError saying why not."""
+    import torch
+
+    spec = "cpu" if device is None else str(device).strip().lower()
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise BackendError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if torch.version.cuda is None:
+        raise BackendError(f"CUDA is not available in this torch build (torch {torch.__version__}, CPU-only); "
+                           "use --device cpu")
+    if not torch.cuda.is_available():
+        raise BackendError(f"no CUDA device is usable (torch {torch.__version__} built for CUDA {torch.version.cuda}; "
+                           "check the driver and CUDA_VISIBLE_DEVICES); use --device cpu")
+    n = torch.cuda.device_count()
+    index = 0 if dev.index is None else dev.index
+    if index >= n:
+        raise BackendError(f"no device cuda:{index}: {n} CUDA device(s) visible (cuda:0 .. cuda:{n - 1})")
+    return torch.device("cuda", index)
 
 
 class TorchRunner(Runner):
     name = "torch"
+    capabilities = frozenset({FUSED_TILES, DEVICE_PIXELS})
 
-    def __init__(self, ckpt: Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, ckpt: Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
         import torch
 
         from ilc_reference.checkpoint import load_model
 
         from ..codec.tables import model_id_of_file
 
+        if precision not in TORCH_PRECISIONS:
+            raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(TORCH_PRECISIONS)}")
+        dev = resolve_device(device)
+        if precision == "fp16" and dev.type != "cuda":
+            raise BackendError("fp16 on the torch backend needs a CUDA device (--device cuda); on the CPU it runs fp32")
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        self.device = torch.device(device)
+        self._dev = dev
+        self.device = str(dev)
+        self.precision = precision
         try:
-            model = load_model(ckpt).to(self.device)
+            model = load_model(ckpt).to(dev)
         except FileNotFoundError as e:
             raise BackendError(str(e)) from e
         super().__init__(ckpt, model_id_of_file(ckpt), model.cfg)
@@ -31,29 +86,89 @@ class TorchRunner(Runner):
         self._fns = {
             "forward": self._forward,
             "hyper_mean": lambda w_hat: {"mu": model.hyper_mean(w_hat)},
-            "inverse": lambda y_hat, z: {"image": model.synthesis(y_hat, z)},
+            "inverse": self._inverse,
         }
 
+    def _autocast(self):
+        """fp16 autocast for the heavy transforms; a no-op at fp32."""
+        if self.precision == "fp16":
+            return self._torch.autocast(device_type="cuda", dtype=self._torch.float16)
+        return contextlib.nullcontext()
+
     def _forward(self, image):
-        y, z = self.model.analysis(image)
-        if z is None:  # the baseline has no z
-            z = self.model.zeros_z(y)
-        return {"y": y, "z": z, "w": self.model.h_a(y)}
+        with self._autocast():
+            y, z = self.model.analysis(image)
+            if z is None:  # the baseline has no z
+                z = self.model.zeros_z(y)
+            w = self.model.h_a(y)
+        return {"y": y.float(), "z": z.float(), "w": w.float()}
+
+    def _inverse(self, y_hat, z):
+        with self._autocast():
+            x = self.model.synthesis(y_hat, z)
+        return {"image": x.float()}
+
+    def _pixels_in(self, px: np.ndarray):
+        """(H,W,3) uint8 -> (1,3,H,W) float32 on the device, equal to image_io.to_nchw."""
+        torch = self._torch
+        if getattr(self, "_lut", None) is None:
+            lut = np.arange(256, dtype=np.uint8).astype(np.float32) / np.float32(255.0)  # to_nchw's rule
+            self._lut = torch.from_numpy(lut).to(self._dev)
+        t = torch.from_numpy(_writable(np.ascontiguousarray(px, dtype=np.uint8))).to(self._dev)
+        return self._lut[t.long()].permute(2, 0, 1).unsqueeze(0).contiguous()
+
+    def _pixels_out(self, x):
+        """(1,3,H,W) float -> (H,W,3) uint8 on the host, equal to nan_to_num + image_io.from_nchw."""
+        torch = self._torch
+        x = torch.nan_to_num(x[0].float(), nan=0.0, posinf=1.0, neginf=0.0)
+        x8 = torch.clamp(torch.round(x * 255.0), 0, 255).to(torch.uint8)
+        return x8.permute(1, 2, 0).contiguous().cpu().numpy()
+
+    def _to_dev(self, a: np.ndarray):
+        t = self._torch.from_numpy(_writable(np.ascontiguousarray(a, dtype=np.float32)))
+        return t.to(self._dev, non_blocking=True) if self._dev.type == "cuda" else t
 
     def run(self, graph, feeds):
         self.check_graph(graph, feeds)
+        with self._torch.inference_mode():
+            out = self._fns[graph](**{k: self._to_dev(v) for k, v in feeds.items()})
+            return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    # -- FUSED_TILES ---------------------------------------------------------------
+    def encode_tile(self, image, quantize_w):
+        from ..codec.entropy import MAX_ABS_SYMBOL
+
         torch = self._torch
         with torch.inference_mode():
-            t = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.device) for k, v in feeds.items()}
-            out = self._fns[graph](**t)
-            return {k: v.float().cpu().numpy() for k, v in out.items()}
+            x = self._pixels_in(image) if image.dtype == np.uint8 else self._to_dev(image)
+            out = self._forward(x)
+            y, w = out["y"], out["w"]
+            del out  # z is not needed to encode: it never leaves the device
+            w_hat = quantize_w(w[0].cpu().numpy())
+            mu = self.model.hyper_mean(self._to_dev(w_hat[None]))
+            # EntropyCodec.quantize_y on the device: float64 difference, half-to-even rounding
+            d = torch.nan_to_num(y.double() - mu.double(), nan=0.0)
+            sym = torch.clamp(torch.round(d), -MAX_ABS_SYMBOL, MAX_ABS_SYMBOL).to(torch.int32)
+            return w_hat, sym[0].cpu().numpy()
+
+    def decode_tile(self, w_hat, y_sym, z):
+        torch = self._torch
+        with torch.inference_mode():
+            mu = self.model.hyper_mean(self._to_dev(w_hat[None]))
+            sym = torch.from_numpy(np.ascontiguousarray(y_sym, dtype=np.int32)[None])
+            y_hat = sym.to(self._dev, non_blocking=self._dev.type == "cuda").float() + mu
+            zt = torch.zeros(tuple(z), dtype=torch.float32, device=self._dev) if isinstance(z, tuple) else self._to_dev(z)
+            return self._pixels_out(self._inverse(y_hat, zt)["image"])
 
     def tables_path(self) -> Path:
         return self.source
 
 
-def load(source: Path, device: str = "cpu", threads: int | None = None, **_) -> TorchRunner:
+def load(source: Path, device: str | None = "cpu", threads: int | None = None, precision: str | None = None,
+         providers=None, **_) -> TorchRunner:
     source = Path(source)
+    if providers:
+        raise BackendError("--provider chooses ONNX Runtime execution providers; the torch backend takes --device")
     if source.is_dir():
         raise BackendError(f"the torch backend needs a checkpoint file (.safetensors), got folder {source}")
-    return TorchRunner(source, device=device, threads=threads)
+    return TorchRunner(source, device=device or "cpu", threads=threads, precision=precision or "fp32")

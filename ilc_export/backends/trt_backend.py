@@ -366,8 +366,12 @@ class TrtRunner(Runner):
         self._graphs = {}
 
 
-def load(source: Path, device: int = 0, **_) -> TrtRunner:
+def load(source: Path, device: int = 0, providers=None, **_) -> TrtRunner:
     """Load the engine folder built by `ilc-export trt` (or its manifest.json) on CUDA device `device`."""
+    if providers:
+        raise BackendError("--provider chooses ONNX Runtime execution providers; TensorRT engines take --device cuda[:N]")
+    if isinstance(device, str) and device.strip().lower() == "cpu":
+        raise BackendError("TensorRT engines run on a CUDA device only; use --device cuda[:N], or another backend on the CPU")
     if isinstance(device, str):  # "cuda:1", "1"
         device = int(device.split(":")[-1]) if device.split(":")[-1].isdigit() else 0
     return TrtRunner(Path(source), device=device)

@@ -99,6 +99,22 @@ def progress(disable: bool = False) -> Progress:
     )
 
 
+DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu | cuda | cuda:N (default cpu); "
+                         "with --precision fp16 on cuda the transforms run in fp16")
+ProviderOpt = typer.Option(None, "--provider", "--ep", help="onnxruntime execution providers in preference order, "
+                           "comma list: tensorrt[:N], cuda[:N], cpu (default: the best this onnxruntime has)")
+
+
+def device_options(device: str | None = None, provider: str | None = None) -> dict:
+    """--device / --provider as backend loader options (each loader refuses the other's)."""
+    opts = {}
+    if device is not None:
+        opts["device"] = device
+    if provider is not None:
+        opts["providers"] = provider
+    return opts
+
+
 def need_torch(what: str) -> None:
     """One line naming what to install when a command needs PyTorch (and onnx) and it is missing."""
     from ..pipeline.models import UsageError, torch_available

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, need_torch, note, user_errors, version_option
+from .common import ProviderOpt, console, need_torch, note, user_errors, version_option
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Export ILC checkpoints to ONNX/TensorRT and verify them.")
 
@@ -56,6 +56,9 @@ def verify_cmd(
     image: list[Path] = typer.Option([], "--image", "-i", help="image(s) to test with (default: a synthetic pattern)"),
     precision: list[str] = typer.Option(["fp32", "fp16"], "--precision", "-p"),
     threads: int = typer.Option(1, "--threads"),
+    device: Optional[str] = typer.Option(None, "--device", help="where the torch reference runs: cpu | cuda | "
+                                         "cuda:N (default cpu)"),
+    provider: Optional[str] = ProviderOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite an existing --json file"),
 ):
@@ -71,7 +74,8 @@ def verify_cmd(
 
     with console.status("verifying") as status:
         report = verify_export(folder, ckpt=ckpt, images=list(image) or None, precisions=tuple(precision),
-                               threads=threads, progress=lambda m: status.update(m))
+                               threads=threads, progress=lambda m: status.update(m),
+                               providers=provider, device=device)
     typer.echo(format_report(report))
     if json_out:
         from ..pipeline.api import write_output

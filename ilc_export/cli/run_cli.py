@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from ..pipeline import api
-from .common import console, fail, note, out, progress, user_errors, version_option, warn
+from .common import (DeviceOpt, ProviderOpt, console, device_options, fail, note, out, progress, user_errors,
+                     version_option, warn)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -22,7 +23,8 @@ BackendOpt = typer.Option(None, "--backend", "-b", help="torch | onnxruntime | t
 ModelOpt = typer.Option(None, "--model", "-m", help="checkpoint (.safetensors), ONNX export folder, engine folder "
                         "or shipped model name (ilc-q2, baseline-q1); default: the shipped ilc-q<Q>")
 PrecisionOpt = typer.Option(None, "--precision", "-p", help="fp32 | fp16 graphs (onnxruntime / tensorrt; "
-                            "default: fp32 for onnxruntime, whatever the engine folder holds for tensorrt)")
+                            "default: fp32 for onnxruntime, whatever the engine folder holds for tensorrt); "
+                            "torch: fp16 transforms with --device cuda")
 ThreadsOpt = typer.Option(None, "--threads", help="intra-op threads for the backend, >= 1 (default: all cores)")
 JobsOpt = typer.Option(1, "--jobs", "-j", help="images coded concurrently (threads sharing one model); "
                        "e.g. -j 2 --threads 1 on a 2-core machine")
@@ -31,8 +33,8 @@ MaxPixelsOpt = typer.Option(None, "--max-pixels", help="largest image accepted, 
                             "MAX_IMAGE_PIXELS, 89,478,485; 0 = no limit)")
 
 
-def _backend_options(threads):
-    return {"threads": threads} if threads else {}
+def _backend_options(threads, device=None, provider=None):
+    return ({"threads": threads} if threads else {}) | device_options(device, provider)
 
 
 def _check_counts(threads: int | None = None, jobs: int = 1) -> None:
@@ -86,6 +88,8 @@ def compress(
                                           "files; default 2); not with --model"),
     backend: Optional[str] = BackendOpt,
     precision: Optional[str] = PrecisionOpt,
+    device: Optional[str] = DeviceOpt,
+    provider: Optional[str] = ProviderOpt,
     threads: Optional[int] = ThreadsOpt,
     z_seed: Optional[int] = typer.Option(None, help="decode with a seeded z ~ N(0, T^2) instead of z = 0 "
                                          "(needs --z-temperature)"),
@@ -110,7 +114,7 @@ def compress(
     if not files:
         fail("no input images found")
     dsts = api.plan_outputs(files, output, api.BITSTREAM_SUFFIX, force)
-    codec = api.open_codec(model, quality, backend, precision, **_backend_options(threads))
+    codec = api.open_codec(model, quality, backend, precision, **_backend_options(threads, device, provider))
 
     def done(src, dst, r):
         for n in r.notes or []:
@@ -166,6 +170,8 @@ def decompress(
     model: Optional[str] = ModelOpt,
     backend: Optional[str] = BackendOpt,
     precision: Optional[str] = PrecisionOpt,
+    device: Optional[str] = DeviceOpt,
+    provider: Optional[str] = ProviderOpt,
     threads: Optional[int] = ThreadsOpt,
     reference: Optional[Path] = typer.Option(None, "--reference", help="original image: print PSNR against it"),
     jobs: int = JobsOpt,
@@ -181,7 +187,7 @@ def decompress(
     if reference is not None and len(files) != 1:
         raise api.UsageError("--reference needs exactly one input file")
     dsts = api.plan_outputs(files, output, ".png", force)
-    cache = api.CodecCache(model, backend, precision=precision, **_backend_options(threads))
+    cache = api.CodecCache(model, backend, precision=precision, **_backend_options(threads, device, provider))
 
     def done(src, dst, r):
         msg = f"{src} -> {dst}  {r.stats.width}x{r.stats.height}  {r.stats.total_time * 1000:.0f} ms"
@@ -203,6 +209,8 @@ def demo(
     backend: Optional[str] = BackendOpt,
     model: Optional[str] = ModelOpt,
     precision: Optional[str] = PrecisionOpt,
+    device: Optional[str] = DeviceOpt,
+    provider: Optional[str] = ProviderOpt,
     output: Path = typer.Option(Path("out"), "-o", "--output", help="folder for the .ilc and decoded PNG"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite NAME.ilc / NAME.decoded.png instead of "
                                "choosing new names (NAME-2.ilc, ...)"),
@@ -211,7 +219,7 @@ def demo(
     from ..pipeline.demo import run_demo
 
     r = run_demo(image, quality=quality, backend=backend, model=model, out_dir=output, precision=precision,
-                 force=force)
+                 force=force, **device_options(device, provider))
     out.print(
         f"{r['image']}: {r['width']}x{r['height']}  {r['bytes']} bytes  {r['bpp']:.4f} bpp  "
         f"PSNR {r['psnr']:.2f} dB  MS-SSIM {r['ms_ssim']:.4f}  (model {r['model']}, backend {r['backend']})\n"
@@ -230,6 +238,8 @@ def eval_cmd(
     model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="one model per point instead of shipped "
                                               "qualities (checkpoint, export / engine folder or shipped name)"),
     precision: Optional[str] = PrecisionOpt,
+    device: Optional[str] = DeviceOpt,
+    provider: Optional[str] = ProviderOpt,
     threads: Optional[int] = ThreadsOpt,
     limit: Optional[int] = typer.Option(None, help="only the first N images"),
     force: bool = ForceOpt,
@@ -259,8 +269,8 @@ def eval_cmd(
     if len(backends) != 1:
         raise api.UsageError(f"the models run on different backends ({', '.join(sorted(backends))}); pass --backend")
     be = backends.pop()
-    opts = _backend_options(threads)
-    if precision is not None and be != "torch":
+    opts = _backend_options(threads, device, provider)
+    if precision is not None:
         opts["precision"] = precision
     with progress() as prog:
         res = evaluate_codec(directory, models=[r.source for r in resolved], backend=be, limit=limit,

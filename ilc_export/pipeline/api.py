@@ -37,7 +37,7 @@ def open_codec(model: str | Path | None = None, quality: int | None = None, back
     """A codec for a checkpoint / export folder / engine folder / shipped name, or a shipped
     quality; the backend is chosen by ``models.resolve`` when not given."""
     r = resolve(model, quality, backend, precision)
-    if precision is not None and r.backend != "torch":
+    if precision is not None:  # the torch backend takes fp16 on a CUDA device and says so elsewhere
         options = {**options, "precision": precision}
     return ImageCodec(load_backend(r.backend, r.source, **options))
 
@@ -311,7 +311,7 @@ class CodecCache:
         if mid not in self._by_id:
             be, src = find_model(mid, self.backend, self.search, self.precision)
             opts = dict(self.options)
-            if self.precision is not None and be != "torch":
+            if self.precision is not None:
                 opts["precision"] = self.precision
             self._by_id[mid] = ImageCodec(load_backend(be, src, **opts))
         return self._by_id[mid]

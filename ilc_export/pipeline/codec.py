@@ -13,7 +13,7 @@ import numpy as np
 
 from ilc_reference.config import padded_size
 
-from ..backends.base import Runner
+from ..backends.base import DEVICE_PIXELS, FUSED_TILES, Runner
 from ..codec.bitstream import Header, check_model, pack, unpack
 from ..codec.entropy import EntropyCodec
 from ..codec.errors import BitstreamError
@@ -65,8 +65,16 @@ class _Timer:
 class ImageCodec:
     """Compress/decompress 8-bit RGB images with one model on one backend."""
 
-    def __init__(self, runner: Runner, tables: CodecTables | None = None):
+    def __init__(self, runner: Runner, tables: CodecTables | None = None, fused: bool | None = None):
+        """fused: code each tile through the runner's encode_tile / decode_tile (latents stay
+        on its device) when it declares FUSED_TILES (None: whenever it does); False: the
+        per-graph host path. Both give identical files and pixels on the same device."""
         self.runner = runner
+        self.fused = FUSED_TILES in runner.capabilities if fused is None else bool(fused)
+        if self.fused and FUSED_TILES not in runner.capabilities:
+            raise ValueError(f"the {runner.name} runner does not declare {FUSED_TILES}")
+        #: the fused runner converts pixels itself (on its device)
+        self.device_pixels = self.fused and DEVICE_PIXELS in runner.capabilities
         self.tables = tables or CodecTables.load(runner.tables_path())
         self.entropy = EntropyCodec(self.tables)
         self.model_id = runner.model_id
@@ -106,12 +114,19 @@ class ImageCodec:
         streams: list[bytes] = []
         for t in tiling.layout(header):
             with _Timer(st, "transform"):
-                lat = self.latents(tiling.tile_pixels(img, t))
-            y_sym = self.entropy.quantize_y(lat["y"], lat["mu"])
+                if self.fused:
+                    px = tiling.tile_pixels(img, t)  # already the tile's padded size
+                    w_hat, y_sym = self.runner.encode_tile(px if self.device_pixels else model_input(px),
+                                                           self.entropy.quantize_w)
+                    del px
+                else:
+                    lat = self.latents(tiling.tile_pixels(img, t))
+                    w_hat, y_sym = lat["w_hat"], self.entropy.quantize_y(lat["y"], lat["mu"])
+                    del lat
             with _Timer(st, "entropy"):
-                streams += self.entropy.encode(lat["w_hat"], y_sym)
-            st.num_symbols += y_sym.size + lat["w_hat"].size
-            del lat, y_sym
+                streams += self.entropy.encode(w_hat, y_sym)
+            st.num_symbols += y_sym.size + w_hat.size
+            del w_hat, y_sym
         with _Timer(st, "container"):
             data = pack(header, streams)
         st.num_bytes = len(data)
@@ -148,17 +163,26 @@ class ImageCodec:
             with _Timer(st, "entropy"):
                 w_hat, y_sym = self.entropy.decode(streams[2 * t.index:2 * t.index + 2], sh["w"], sh["y"])
             with _Timer(st, "transform"):
-                mu = self.runner.run("hyper_mean", {"w_hat": w_hat[None].astype(np.float32)})["mu"]
-                y_hat = (y_sym[None].astype(np.float32) + mu).astype(np.float32)
-                z = tiling.tile_z((1, *sh["z"]), seed, header.z_temperature, t.index)
-                x = self.runner.run("inverse", {"y_hat": y_hat, "z": z})["image"]
+                if self.fused:  # z = 0 is made on the runner's device, not copied there
+                    z = (1, *sh["z"]) if seed is None or header.z_temperature == 0.0 else \
+                        tiling.tile_z((1, *sh["z"]), seed, header.z_temperature, t.index)
+                    x = self.runner.decode_tile(w_hat, y_sym, z)
+                else:
+                    mu = self.runner.run("hyper_mean", {"w_hat": w_hat[None].astype(np.float32)})["mu"]
+                    y_hat = (y_sym[None].astype(np.float32) + mu).astype(np.float32)
+                    z = tiling.tile_z((1, *sh["z"]), seed, header.z_temperature, t.index)
+                    x = self.runner.run("inverse", {"y_hat": y_hat, "z": z})["image"]
+                    del mu, y_hat
             st.num_symbols += y_sym.size + w_hat.size
-            del mu, y_hat, z
-            if not np.isfinite(x).all():  # only a forged (CRC-valid) file can push the transform there
-                x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+            del z
             ch, cw = t.crop_size(h, w)
             if out is None:  # allocated once the first tile has decoded
                 out = np.empty((h, w, 3), np.uint8)
-            out[t.top:t.top + ch, t.left:t.left + cw] = from_nchw(x, ch, cw)
+            if self.device_pixels:  # already uint8, non-finite values handled on the device
+                out[t.top:t.top + ch, t.left:t.left + cw] = x[:ch, :cw]
+            else:
+                if not np.isfinite(x).all():  # only a forged (CRC-valid) file can push the transform there
+                    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+                out[t.top:t.top + ch, t.left:t.left + cw] = from_nchw(x, ch, cw)
             del x
         return out, st

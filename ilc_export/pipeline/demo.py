@@ -13,15 +13,15 @@ SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "data" / "kodim23.png"
 
 def run_demo(image: Path | None = None, quality: int | None = None, backend: str | None = None,
              model: str | Path | None = None, out_dir: Path = Path("out"), precision: str | None = None,
-             force: bool = False) -> dict:
+             force: bool = False, **options) -> dict:
     """Compress + decompress `image` into `out_dir`. Existing files are kept: the outputs get
     the first free names (NAME.ilc, NAME-2.ilc, ...) unless `force` overwrites NAME.ilc and
-    NAME.decoded.png."""
+    NAME.decoded.png. options: backend loader options (device, providers, threads)."""
     image = Path(image) if image else SAMPLE_IMAGE
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder")
-    codec = open_codec(model, quality, backend, precision)
+    codec = open_codec(model, quality, backend, precision, **options)
     out_dir.mkdir(parents=True, exist_ok=True)
     bit = out_dir / (image.stem + BITSTREAM_SUFFIX)
     dec = out_dir / (image.stem + DECODED_SUFFIX)

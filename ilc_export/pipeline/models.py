@@ -301,8 +301,6 @@ def resolve(model: str | Path | None = None, quality: int | None = None, backend
         raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if model is not None and quality is not None:
         raise UsageError("give either --model or --quality, not both (--quality picks a shipped model)")
-    if precision == "fp16" and backend == "torch":
-        raise UsageError("--precision fp16 needs --backend onnxruntime or tensorrt (the torch backend runs fp32)")
     if model is None:
         q = DEFAULT_QUALITY if quality is None else quality
         have = shipped_qualities()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.base import GRAPHS
+from ..backends.base import GRAPHS, BackendError
 from ..export.manifest import (
     ManifestError,
     model_id_of_file,
@@ -167,17 +167,21 @@ def verify_export(
     threads: int | None = 1,
     providers=None,
     progress=None,
+    device: str | None = None,
 ) -> dict:
     """Compare an export folder's ONNX Runtime graphs with the torch checkpoint; returns a report.
 
     `images`: paths or uint8 HxWx3 arrays (default: a synthetic 128x192 pattern). Precisions
     missing from the export are reported as skipped, not failed. ``report["pass"]`` is the verdict.
+    providers: onnxruntime execution providers (``ort_backend.parse_providers``); device: where
+    the torch reference runs (cpu, cuda[:N]).
     """
     import torch
     from ilc_reference.checkpoint import load_model
     from ilc_reference.config import PAD_MULTIPLE
 
     from ..backends.ort_backend import load as load_ort
+    from ..backends.torch_backend import resolve_device
     from ..pipeline.image_io import pad_to_multiple, to_nchw
 
     say = progress or (lambda msg: None)
@@ -195,7 +199,11 @@ def verify_export(
     if threads:
         torch.set_num_threads(threads)
     say(f"loading {ckpt.name}")
-    model = load_model(ckpt)
+    try:
+        dev = resolve_device(device)
+    except BackendError as e:
+        raise VerifyError(str(e)) from e
+    model = load_model(ckpt).to(dev)
     imgs = _load_images(images)
 
     # torch reference, once per image
@@ -204,7 +212,7 @@ def verify_export(
         for name, arr in imgs:
             h, w = arr.shape[:2]
             x = to_nchw(pad_to_multiple(arr, pad))
-            y, z = model.analysis(torch.from_numpy(x))
+            y, z = model.analysis(torch.from_numpy(x).to(dev))
             if z is None:
                 z = model.zeros_z(y)
             wt = model.h_a(y)
@@ -213,6 +221,7 @@ def verify_export(
             y_hat = torch.round(y - mu) + mu
             z0 = torch.zeros_like(z)
             x_hat = model.synthesis(y_hat, z0)
+            y, z, wt, w_hat, mu, y_hat, z0, x_hat = (t.cpu() for t in (y, z, wt, w_hat, mu, y_hat, z0, x_hat))
             refs.append({
                 "name": name, "h": h, "w": w, "x": x,
                 "forward": {"y": y.numpy(), "z": z.numpy(), "w": wt.numpy()},
@@ -230,6 +239,7 @@ def verify_export(
         "model_id": manifest["model_id"],
         "model_name": manifest.get("model_name"),
         "images": [r["name"] for r in refs],
+        "torch_device": str(dev),
         "tolerances": tol,
         "precisions": {},
     }
@@ -268,6 +278,7 @@ def verify_export(
         ok_graphs = all(o["pass"] for g in graphs.values() for o in g.values())
         ok_recon = psnr_min >= t["min_psnr"] and all(x["finite"] for x in recon)
         report["precisions"][prec] = {
+            "providers": list(runner.providers),
             "graphs": graphs,
             "reconstruction": recon,
             "psnr_vs_torch_min": psnr_min,
