@@ -1,0 +1,201 @@
+"""The Ray engine: the batch's files spread over actors on a Ray cluster (or a local Ray).
+
+Each actor is a :class:`~ilc_export.scale.engine.Worker` that opens the model once, with
+``threads`` intra-op threads and, where the cluster has GPUs, one GPU of its own. The driver
+hands out one file at a time (``inflight`` per actor, to hide the round trip) and keeps the
+scheduling itself instead of relying on Ray's task retries, so that it knows which files a
+dead actor held: those go back in the queue (up to ``max_retries`` more attempts each) and
+a fresh actor takes the dead one's place. Outputs are written by the actors with
+``write_output`` (an anonymous file linked in under its name when complete), so an actor
+killed mid-file leaves nothing, and the retry writes the whole file.
+
+Inputs and outputs are paths that every node must see (shared storage): the driver sends
+absolute paths, never image bytes.
+
+Ray is imported when an engine is made, never when this package is imported: the runtime
+installs and runs without it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Iterator
+
+from .engine import Item, ItemResult, Job, Worker
+
+INSTALL_HINT = "pip install 'ilc-export[ray]'"
+
+
+class EngineUnavailable(RuntimeError):
+    """The requested engine's package is not installed (one line, says what to install)."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise EngineUnavailable(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+class _Actor(Worker):
+    """The Worker as a Ray actor; ``run`` ships ItemResults back by value."""
+
+
+class RayEngine:
+    """Join the cluster at ``address`` (None: start a local Ray on this machine).
+
+    ``workers``: actors to start (default: as many as the cluster's CPUs, or GPUs, hold);
+    ``cpus_per_worker``: CPUs each actor reserves (default: the job's ``threads``, else 1),
+    also its thread count when the job gives none; ``gpus_per_worker``: default 1 when the
+    cluster has GPUs, else 0."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None, *,
+                 cpus_per_worker: int | None = None, gpus_per_worker: float | None = None,
+                 max_retries: int = 3, inflight: int = 2, init_options: dict | None = None):
+        self._ray = import_ray()
+        self.address = address
+        self.requested_workers = workers
+        self.cpus_per_worker = cpus_per_worker
+        self.gpus_per_worker = gpus_per_worker
+        self.max_retries = max_retries
+        self.inflight = max(1, inflight)
+        self.init_options = init_options or {}
+        self.workers = 0
+        self.startup_seconds = 0.0
+        self.actors: list = []  # the live actors of the current run (tests kill one)
+        self._started_ray = False
+
+    # -- cluster ---------------------------------------------------------------
+    def _connect(self) -> None:
+        ray = self._ray
+        if ray.is_initialized():
+            return
+        opts = {"include_dashboard": False, "logging_level": "WARNING",
+                # actors' output would tear the driver's progress bar; their logs stay in the session folder
+                "log_to_driver": False, **self.init_options}
+        if self.address:
+            ray.init(address=self.address, **opts)
+        else:
+            ray.init(address="local", **opts)
+        self._started_ray = True
+
+    def _plan(self, job: Job) -> tuple[Job, dict, int]:
+        """Actor options and count for this cluster; the job gets an explicit thread count."""
+        res = self._ray.cluster_resources()
+        threads = job.options.get("threads")
+        cpus = self.cpus_per_worker or threads or 1
+        gpus = self.gpus_per_worker
+        if gpus is None:
+            gpus = 1 if res.get("GPU", 0) >= 1 else 0
+        if not threads:  # Ray caps actors' OMP threads at their CPUs; say so explicitly to the backend
+            job = dataclasses.replace(job, options={**job.options, "threads": int(cpus)})
+        n = self.requested_workers
+        if not n:
+            n = int(res.get("GPU", 0) // gpus) if gpus else int(res.get("CPU", 1) // cpus)
+        opts = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 0, "max_task_retries": 0}
+        return job, opts, max(1, n)
+
+    # -- batch -----------------------------------------------------------------
+    def run(self, job: Job, items: list[Item]) -> Iterator[ItemResult]:
+        ray = self._ray
+        t0 = time.perf_counter()
+        self._connect()
+        job, opts, n = self._plan(job)
+        n = min(n, max(1, len(items)))
+        self.workers = n
+        remote_cls = ray.remote(_Actor).options(**opts)
+        dead = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError)
+
+        def absolute(item: Item) -> Item:
+            return Item(Path(os.path.abspath(item.src)), Path(os.path.abspath(item.dst)) if item.dst else None,
+                        Path(os.path.abspath(item.model)) if item.model else None)
+
+        shipped = [absolute(it) for it in items]
+        self.actors = [remote_cls.remote(job) for _ in range(n)]
+        try:
+            # every actor loads its model before any file is handed out: a wrong model is one
+            # error here, not a failure per file
+            warming = {a.warm.remote(): a for a in self.actors}
+            first = True
+            while warming:
+                ready, _ = ray.wait(list(warming), num_returns=1)
+                a = warming.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                except dead:
+                    self.actors.remove(a)  # replaced below when work remains
+                except ray.exceptions.RayTaskError as e:
+                    raise _cause(e) from None
+                if first:
+                    self.startup_seconds = time.perf_counter() - t0
+                    first = False
+            yield from self._dispatch(remote_cls, job, items, shipped, n, dead)
+        finally:
+            for a in self.actors:
+                ray.kill(a)
+            self.actors = []
+
+    def _dispatch(self, remote_cls, job, items, shipped, n, dead) -> Iterator[ItemResult]:
+        ray = self._ray
+        queue = deque((i, 1) for i in range(len(items)))  # (index, attempt)
+        pending: dict = {}  # ObjectRef -> (actor, index, attempt)
+        load = {a: 0 for a in self.actors}
+        while queue or pending:
+            if queue and len(load) < n:  # replace dead actors while work remains
+                for _ in range(n - len(load)):
+                    a = remote_cls.remote(job)
+                    self.actors.append(a)
+                    load[a] = 0
+            for a in list(load):
+                while queue and load[a] < self.inflight:
+                    i, attempt = queue.popleft()
+                    pending[a.run.remote(i, shipped[i])] = (a, i, attempt)
+                    load[a] += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            a, i, attempt = pending.pop(ref)
+            if a in load:
+                load[a] -= 1
+            try:
+                r: ItemResult = ray.get(ref)
+            except dead as e:
+                if a in load:  # its other files fail the same way and are requeued as they come back
+                    del load[a]
+                    self.actors.remove(a)
+                    ray.kill(a)
+                if attempt <= self.max_retries:
+                    queue.append((i, attempt + 1))
+                    continue
+                r = ItemResult(i, shipped[i], error=f"{items[i].src}: the worker died on each of {attempt} attempts "
+                               f"({type(e).__name__})")
+            except ray.exceptions.RayTaskError as e:  # Worker.run returns errors; this is a bug or a lost import
+                r = ItemResult(i, shipped[i], error=f"{items[i].src}: {_cause(e)}".splitlines()[0])
+            r.attempts = attempt
+            yield _restore_paths(r, items[i])
+
+    def close(self) -> None:
+        if self._started_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._started_ray = False
+
+
+def _cause(e):
+    """The exception an actor raised, not Ray's wrapper with the remote traceback."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) else RuntimeError(str(e).splitlines()[0])
+
+
+def _restore_paths(r: ItemResult, item: Item) -> ItemResult:
+    """Report results with the caller's paths, not the absolute ones sent to the cluster."""
+    r.item = item
+    v = r.value
+    if v is not None and hasattr(v, "src") and hasattr(v, "dst"):
+        r.value = dataclasses.replace(v, src=item.src, dst=item.dst if v.dst is not None else None)
+    return r
