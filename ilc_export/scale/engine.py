@@ -264,6 +264,12 @@ class LocalEngine:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self) -> None:
         pass
 

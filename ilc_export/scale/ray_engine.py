@@ -1,7 +1,8 @@
 """The Ray engine: the batch's files spread over actors on a Ray cluster (or a local Ray).
 
-Each actor is a :class:`~ilc_export.scale.engine.Worker` that opens the model once, with
-``threads`` intra-op threads and, where the cluster has GPUs, one GPU of its own. The driver
+Each actor runs a :class:`~ilc_export.scale.engine.Worker` that opens the model once, with
+``threads`` intra-op threads and, where the cluster has GPUs, one GPU of its own; the actors
+stay up between the batches of one engine until ``close()``. The driver
 hands out one file at a time (``inflight`` per actor, to hide the round trip) and keeps the
 scheduling itself instead of relying on Ray's task retries, so that it knows which files a
 dead actor held: those go back in the queue (up to ``max_retries`` more attempts each) and
@@ -41,8 +42,25 @@ def import_ray():
     return ray
 
 
-class _Actor(Worker):
-    """The Worker as a Ray actor; ``run`` ships ItemResults back by value."""
+class _Actor:
+    """A Ray actor holding one Worker per job: the model stays loaded across batches that an
+    engine runs with the same job, and one set of actors serves several jobs (e.g. compress,
+    then decompress, then eval) without paying the process and import start-up again."""
+
+    def __init__(self):
+        self._workers: dict[str, Worker] = {}
+
+    def _worker(self, job: Job) -> Worker:
+        key = repr(job)
+        if key not in self._workers:
+            self._workers[key] = Worker(job)
+        return self._workers[key]
+
+    def warm(self, job: Job) -> str:
+        return self._worker(job).warm()
+
+    def run(self, job: Job, index: int, item: Item) -> ItemResult:
+        return self._worker(job).run(index, item)
 
 
 class RayEngine:
@@ -68,7 +86,9 @@ class RayEngine:
         self.init_options = init_options or {}
         self.workers = 0
         self.startup_seconds = 0.0
-        self.actors: list = []  # the live actors of the current run (tests kill one)
+        self.actors: list = []  # live actors, kept between runs until close() (tests kill one)
+        self._actor_opts: dict | None = None
+        self._remote = None
         self._started_ray = False
 
     # -- cluster ---------------------------------------------------------------
@@ -102,6 +122,23 @@ class RayEngine:
         return job, opts, max(1, n)
 
     # -- batch -----------------------------------------------------------------
+    def _actors_for(self, opts: dict, n: int) -> None:
+        """Keep the live actors if they were made with these options; start or stop to reach n."""
+        ray = self._ray
+        if opts != self._actor_opts:
+            self._kill_all()
+            self._actor_opts = opts
+            self._remote = ray.remote(_Actor).options(**opts)
+        while len(self.actors) > n:
+            ray.kill(self.actors.pop())
+        while len(self.actors) < n:
+            self.actors.append(self._remote.remote())
+
+    def _kill_all(self) -> None:
+        for a in self.actors:
+            self._ray.kill(a)
+        self.actors = []
+
     def run(self, job: Job, items: list[Item]) -> Iterator[ItemResult]:
         ray = self._ray
         t0 = time.perf_counter()
@@ -109,7 +146,7 @@ class RayEngine:
         job, opts, n = self._plan(job)
         n = min(n, max(1, len(items)))
         self.workers = n
-        remote_cls = ray.remote(_Actor).options(**opts)
+        self._actors_for(opts, n)
         dead = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                 ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError)
 
@@ -118,11 +155,10 @@ class RayEngine:
                         Path(os.path.abspath(item.model)) if item.model else None)
 
         shipped = [absolute(it) for it in items]
-        self.actors = [remote_cls.remote(job) for _ in range(n)]
         try:
             # every actor loads its model before any file is handed out: a wrong model is one
             # error here, not a failure per file
-            warming = {a.warm.remote(): a for a in self.actors}
+            warming = {a.warm.remote(job): a for a in self.actors}
             first = True
             while warming:
                 ready, _ = ray.wait(list(warming), num_returns=1)
@@ -130,19 +166,20 @@ class RayEngine:
                 try:
                     ray.get(ready[0])
                 except dead:
-                    self.actors.remove(a)  # replaced below when work remains
+                    self.actors.remove(a)  # replaced by the dispatcher while work remains
                 except ray.exceptions.RayTaskError as e:
                     raise _cause(e) from None
                 if first:
                     self.startup_seconds = time.perf_counter() - t0
                     first = False
-            yield from self._dispatch(remote_cls, job, items, shipped, n, dead)
-        finally:
-            for a in self.actors:
-                ray.kill(a)
-            self.actors = []
+            yield from self._dispatch(job, items, shipped, n, dead)
+        except BaseException:
+            # interrupted, or the caller stopped early: stop the files in flight (outputs are
+            # atomic, so none is left half-written) rather than let them run on unseen
+            self._kill_all()
+            raise
 
-    def _dispatch(self, remote_cls, job, items, shipped, n, dead) -> Iterator[ItemResult]:
+    def _dispatch(self, job, items, shipped, n, dead) -> Iterator[ItemResult]:
         ray = self._ray
         queue = deque((i, 1) for i in range(len(items)))  # (index, attempt)
         pending: dict = {}  # ObjectRef -> (actor, index, attempt)
@@ -150,13 +187,13 @@ class RayEngine:
         while queue or pending:
             if queue and len(load) < n:  # replace dead actors while work remains
                 for _ in range(n - len(load)):
-                    a = remote_cls.remote(job)
+                    a = self._remote.remote()
                     self.actors.append(a)
                     load[a] = 0
             for a in list(load):
                 while queue and load[a] < self.inflight:
                     i, attempt = queue.popleft()
-                    pending[a.run.remote(i, shipped[i])] = (a, i, attempt)
+                    pending[a.run.remote(job, i, shipped[i])] = (a, i, attempt)
                     load[a] += 1
             ready, _ = ray.wait(list(pending), num_returns=1)
             ref = ready[0]
@@ -180,7 +217,16 @@ class RayEngine:
             r.attempts = attempt
             yield _restore_paths(r, items[i])
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self) -> None:
+        """Stop the actors; shut Ray down if this engine started it (not if it joined one)."""
+        if self._ray.is_initialized():
+            self._kill_all()
         if self._started_ray and self._ray.is_initialized():
             self._ray.shutdown()
         self._started_ray = False

@@ -1,0 +1,168 @@
+"""Batches on Ray: same bytes as the local engine, killed workers retried, bad files reported.
+
+One local Ray (2 CPUs) is shared by the module: starting it costs several seconds.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ilc_export.codec.bitstream import unpack
+from ilc_export.scale import Item, Job, LocalEngine, run_batch
+
+from conftest import ROOT
+
+N_GOOD = 8
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ilc-export[ray]')")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             log_to_driver=False, object_store_memory=100 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray-in")
+    rng = np.random.default_rng(3)
+    for i in range(N_GOOD):
+        h, w = (64, 96) if i % 2 else (80, 64)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _items(files, out, suffix):
+    out.mkdir(parents=True, exist_ok=True)
+    return [Item(f, out / (f.stem + suffix)) for f in files]
+
+
+@pytest.fixture(scope="module")
+def engine(ray_local):
+    """Two actors shared by the tests (started once; a killed one is replaced by the engine)."""
+    from ilc_export.scale.ray_engine import RayEngine
+
+    with RayEngine(workers=2, inflight=3) as e:
+        yield e
+
+
+def _only_complete(out):
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith(".")], names  # no temp files left behind
+    return names
+
+
+def test_ray_bytes_equal_local_engine(engine, images, tiny_ckpt, tmp_path, one_thread):
+    files = sorted(images.iterdir())
+    job = Job("compress", model=str(tiny_ckpt), options={"threads": 1})
+    local = run_batch(LocalEngine(), job, _items(files, tmp_path / "local", ".ilc"))
+    seen = []
+    remote = run_batch(engine, job, _items(files, tmp_path / "ray", ".ilc"),
+                       lambda r, done, total: seen.append((done, total)))
+    assert not local.summary.failures and not remote.summary.failures
+    assert seen == [(i + 1, N_GOOD) for i in range(N_GOOD)]  # one progress callback per file
+    assert len({r.worker for r in remote.results}) == 2  # both actors did work
+    names = _only_complete(tmp_path / "ray")
+    assert names == _only_complete(tmp_path / "local") and len(names) == N_GOOD
+    for n in names:
+        assert (tmp_path / "ray" / n).read_bytes() == (tmp_path / "local" / n).read_bytes(), n
+    # and back: decoded PNGs are identical too; results carry the caller's (relative) paths
+    bits = sorted((tmp_path / "ray").iterdir())
+    djob = Job("decompress", model=str(tiny_ckpt), options={"threads": 1})
+    dl = run_batch(LocalEngine(), djob, _items(bits, tmp_path / "dlocal", ".png"))
+    dr = run_batch(engine, djob, _items(bits, tmp_path / "dray", ".png"))
+    assert not dl.summary.failures and not dr.summary.failures
+    for a, b in zip(dl.results, dr.results):
+        assert a.item.dst.read_bytes() == b.item.dst.read_bytes()
+        assert b.value.dst == b.item.dst and b.value.stats.width in (64, 96)
+    s = dr.summary
+    assert s.engine == "ray" and s.workers == 2 and s.ok == N_GOOD and s.images_per_s > 0 and s.mb_per_s > 0
+
+
+def test_killed_worker_files_are_retried(ray_local, engine, images, tiny_ckpt, tmp_path, one_thread):
+    files = sorted(images.iterdir())
+    job = Job("compress", model=str(tiny_ckpt), options={"threads": 1})
+    want = run_batch(LocalEngine(), job, _items(files, tmp_path / "local", ".ilc"))
+    killed = []
+
+    def kill_one(r, done, total):
+        if not killed:
+            killed.append(engine.actors[0])
+            ray_local.kill(engine.actors[0])
+
+    got = run_batch(engine, job, _items(files, tmp_path / "ray", ".ilc"), kill_one)
+    assert killed and not got.summary.failures
+    assert got.summary.retried >= 1 and max(r.attempts for r in got.results) >= 2
+    assert _only_complete(tmp_path / "ray") == _only_complete(tmp_path / "local")
+    for a, b in zip(want.results, got.results):
+        data = b.item.dst.read_bytes()
+        unpack(data)  # complete (CRC, lengths)
+        assert data == a.item.dst.read_bytes()
+
+
+def test_bad_input_reported_for_its_file(engine, images, tiny_ckpt, tmp_path, one_thread):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    (bad / "empty.jpg").write_bytes(b"")
+    files = sorted(images.iterdir()) + sorted(bad.iterdir()) + [tmp_path / "missing.png"]
+    job = Job("compress", model=str(tiny_ckpt), options={"threads": 1})
+    got = run_batch(engine, job, _items(files, tmp_path / "out", ".ilc"))
+    fails = got.summary.failures
+    assert sorted(fails) == sorted(str(p) for p in files[N_GOOD:])
+    assert "not an image" in fails[str(bad / "garbage.png")] and "empty file" in fails[str(bad / "empty.jpg")]
+    assert got.summary.ok == N_GOOD and all(r.attempts == 1 for r in got.results)  # bad input is not retried
+    assert _only_complete(tmp_path / "out") == sorted(f"img{i}.ilc" for i in range(N_GOOD))
+
+
+def test_eval_records_match_local(engine, images, tiny_ckpt, tmp_path, one_thread):
+    from ilc_export.verify.rd import evaluate_codec
+
+    timing = {"enc", "dec", "enc_entropy", "dec_entropy"}
+    local = evaluate_codec(images, models=[tiny_ckpt], limit=4, threads=1)
+    remote = evaluate_codec(images, models=[tiny_ckpt], limit=4, threads=1, engine=engine)
+    assert remote.keys() == local.keys() and remote["results"].keys() == local["results"].keys()
+    assert remote["description"] == local["description"]
+    for a, b in zip(local["per_image"][0], remote["per_image"][0]):
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    for k in ("bpp", "psnr-rgb", "ms-ssim-rgb"):
+        assert remote["results"][k] == local["results"][k]
+
+
+def test_wrong_model_is_one_error_before_the_batch(engine, images, tmp_path):
+    from ilc_export.pipeline.models import ModelNotFound
+
+    job = Job("compress", model=str(tmp_path / "nope.safetensors"), options={"threads": 1})
+    with pytest.raises(Exception) as e:
+        run_batch(engine, job, _items(sorted(images.iterdir()), tmp_path / "out", ".ilc"))
+    assert "nope.safetensors" in str(e.value) and "\n" not in str(e.value).strip()
+    assert isinstance(e.value, (ModelNotFound, RuntimeError, OSError)) and not list((tmp_path / "out").iterdir())
+
+
+def test_without_ray_one_line_says_what_to_install(monkeypatch):
+    from ilc_export.scale import make_engine
+    from ilc_export.scale.ray_engine import EngineUnavailable
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(EngineUnavailable, match=r"pip install 'ilc-export\[ray\]'") as e:
+        make_engine("ray")
+    assert "\n" not in str(e.value)
+    # the runtime itself never imports ray
+    code = ("import sys, ilc_export.scale, ilc_export.scale.ray_engine, ilc_export.cli.run_cli, ilc_export.verify.rd; "
+            "assert 'ray' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
