@@ -166,3 +166,19 @@ def test_without_ray_one_line_says_what_to_install(monkeypatch):
     code = ("import sys, ilc_export.scale, ilc_export.scale.ray_engine, ilc_export.cli.run_cli, ilc_export.verify.rd; "
             "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_actor_plan_follows_cluster_resources():
+    """One GPU per actor where the cluster has GPUs and the backend uses one; --threads CPUs each."""
+    from ilc_export.scale.ray_engine import plan
+
+    gpu_cluster = {"CPU": 64.0, "GPU": 4.0}
+    job, opts, n = plan(Job("compress", backend="tensorrt", model="m"), gpu_cluster)
+    assert (opts["num_gpus"], opts["num_cpus"], n, job.options["threads"]) == (1, 1, 4, 1)
+    job, opts, n = plan(Job("eval", backend="onnxruntime", options={"threads": 4}), gpu_cluster)
+    assert (opts["num_gpus"], opts["num_cpus"], n, job.options["threads"]) == (1, 4, 4, 4)
+    job, opts, n = plan(Job("compress", options={"threads": 2}), gpu_cluster)  # torch codes on the CPU
+    assert (opts["num_gpus"], opts["num_cpus"], n) == (0, 2, 32)
+    job, opts, n = plan(Job("decompress"), {"CPU": 2.0}, workers=5)
+    assert (opts["num_gpus"], n, job.options["threads"]) == (0, 5, 1)
+    assert opts["max_restarts"] == 0  # the engine, not Ray, retries: it must know which files a dead actor held

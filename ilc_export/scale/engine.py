@@ -29,7 +29,8 @@ class Job:
     """What every item of a batch gets done to. Picklable: shipped once to each worker.
 
     ``model`` None means: compress with the shipped ``quality``; decompress with the model
-    whose id is in each file (looked up on the worker). Eval items name their own model.
+    whose id is in each file (looked up on the worker). Eval items name their own model, one
+    of ``models``.
     """
 
     kind: str
@@ -41,6 +42,7 @@ class Job:
     z_temperature: float = 0.0
     tile: int | None = None
     search: list[str] | None = None  # decompress: extra folders to find models in
+    models: list[str] | None = None  # eval: the models items name, opened by warm()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -153,6 +155,9 @@ class Worker:
             self._codec(None)
         elif self.job.kind == "decompress" and self.job.model is not None:
             self._decoders()(b"")
+        elif self.job.kind == "eval":
+            for m in self.job.models or []:
+                self._codec(Path(m))
         return f"{os.uname().nodename}:{os.getpid()}"
 
     def _codec(self, model):

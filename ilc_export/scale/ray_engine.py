@@ -106,20 +106,8 @@ class RayEngine:
         self._started_ray = True
 
     def _plan(self, job: Job) -> tuple[Job, dict, int]:
-        """Actor options and count for this cluster; the job gets an explicit thread count."""
-        res = self._ray.cluster_resources()
-        threads = job.options.get("threads")
-        cpus = self.cpus_per_worker or threads or 1
-        gpus = self.gpus_per_worker
-        if gpus is None:
-            gpus = 1 if res.get("GPU", 0) >= 1 else 0
-        if not threads:  # Ray caps actors' OMP threads at their CPUs; say so explicitly to the backend
-            job = dataclasses.replace(job, options={**job.options, "threads": int(cpus)})
-        n = self.requested_workers
-        if not n:
-            n = int(res.get("GPU", 0) // gpus) if gpus else int(res.get("CPU", 1) // cpus)
-        opts = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 0, "max_task_retries": 0}
-        return job, opts, max(1, n)
+        return plan(job, self._ray.cluster_resources(), self.requested_workers, self.cpus_per_worker,
+                    self.gpus_per_worker)
 
     # -- batch -----------------------------------------------------------------
     def _actors_for(self, opts: dict, n: int) -> None:
@@ -155,6 +143,11 @@ class RayEngine:
                         Path(os.path.abspath(item.model)) if item.model else None)
 
         shipped = [absolute(it) for it in items]
+        # the workers' working folder is not the caller's: every path they get is absolute
+        job = dataclasses.replace(
+            job, model=os.path.abspath(job.model) if job.model is not None else None,
+            models=[os.path.abspath(m) for m in job.models] if job.models else job.models,
+            search=[os.path.abspath(d) for d in job.search] if job.search else job.search)
         try:
             # every actor loads its model before any file is handed out: a wrong model is one
             # error here, not a failure per file
@@ -230,6 +223,32 @@ class RayEngine:
         if self._started_ray and self._ray.is_initialized():
             self._ray.shutdown()
         self._started_ray = False
+
+
+#: backends that run on the CPU here (the torch backend uses the CPU, as the local engine
+#: does): a GPU reserved for their actors would idle and cap the actor count at the GPU count
+CPU_BACKENDS = {"torch", "pytorch"}
+
+
+def plan(job: Job, resources: dict, workers: int | None = None, cpus_per_worker: int | None = None,
+         gpus_per_worker: float | None = None) -> tuple[Job, dict, int]:
+    """Actor options and actor count for a cluster with ``resources`` (``ray.cluster_resources()``).
+
+    Each actor reserves ``threads`` CPUs (1 if the job gives none, and the job then says 1
+    thread explicitly: Ray caps an actor's OpenMP threads at its CPUs) and, where the cluster
+    has GPUs and the backend uses one, one GPU; by default as many actors as that fills."""
+    threads = job.options.get("threads")
+    cpus = cpus_per_worker or threads or 1
+    gpus = gpus_per_worker
+    if gpus is None:
+        gpus = 1 if resources.get("GPU", 0) >= 1 and job.backend not in CPU_BACKENDS else 0
+    if not threads:
+        job = dataclasses.replace(job, options={**job.options, "threads": int(cpus)})
+    n = workers
+    if not n:
+        n = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // cpus)
+    opts = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 0, "max_task_retries": 0}
+    return job, opts, max(1, n)
 
 
 def _cause(e):

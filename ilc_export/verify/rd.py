@@ -98,11 +98,13 @@ def evaluate_image(codec, f: Path, mid: str, tmp: Path) -> dict:
 
 def evaluate_codec(directory: Path, qualities: list[int] | None = None, models: list[Path] | None = None,
                    backend: str = "torch", limit: int | None = None, progress=None, name: str = "ILC",
-                   kind: str = "ilc", cache: ResultCache | None = None, engine=None, **opts) -> dict:
+                   kind: str = "ilc", cache: ResultCache | None = None, engine=None, on_summary=None,
+                   **opts) -> dict:
     """Every image x quality: compress to a real file, decompress it, measure (SPEC section 5).
 
     ``engine`` (``ilc_export.scale``; default: this process) runs the images not in ``cache``;
-    the records and the JSON are the same whichever engine computed them. Images that fail
+    the records and the JSON are the same whichever engine computed them; ``on_summary``
+    receives the batch's ``Summary`` (throughput, failures by file). Images that fail
     are cached as they complete, then raise: a mean over fewer images would not be comparable."""
     from ..scale.engine import Item, Job, LocalEngine, run_batch
 
@@ -139,9 +141,12 @@ def evaluate_codec(directory: Path, qualities: list[int] | None = None, models: 
             progress.update(task, advance=1, info=f"{r.value['model'] if r.value else 'failed'} {files[fi].name}")
 
     if todo:
-        job = Job("eval", backend=backend, options=dict(opts))
+        used = sorted({si for si, _, _ in todo})
+        job = Job("eval", backend=backend, options=dict(opts), models=[str(sources[si]) for si in used])
         items = [Item(files[fi], model=sources[si]) for si, fi, _ in todo]
         batch = run_batch(engine or LocalEngine(), job, items, done)
+        if on_summary is not None:
+            on_summary(batch.summary)
         if batch.summary.failures:
             first = next(iter(batch.summary.failures.values()))
             raise RuntimeError(f"{len(batch.summary.failures)} of {len(items)} evaluations failed; first: {first}")
