@@ -66,9 +66,21 @@ def main(argv=None):
             return out
 
         ref = None
+
+        def compare(out):
+            """Every row's outputs against the first local row's, byte for byte."""
+            if ref is None or out == ref:
+                return
+            names = sorted(p.name for p in ref.iterdir())
+            same = bool(names) and names == sorted(p.name for p in out.iterdir()) and all(
+                (out / n).read_bytes() == (ref / n).read_bytes() for n in names)
+            rows[-1]["bytes_equal_local"] = same
+            print(f"{'':>12}  outputs byte-identical to {ref.name}: {same}", flush=True)
+
         for j in [int(x) for x in a.local_jobs.split(",") if x]:
             out = run(LocalEngine(j), f"local -j{j}")
             ref = ref or out
+            compare(out)
         ray_start = None
         worker_counts = [int(x) for x in a.workers.split(",") if x]
         if worker_counts:
@@ -84,13 +96,7 @@ def main(argv=None):
             try:
                 for n in worker_counts:
                     with RayEngine(workers=n) as eng:
-                        out = run(eng, f"ray {n}w")
-                    if ref is not None:
-                        names = sorted(p.name for p in ref.iterdir())
-                        same = bool(names) and names == sorted(p.name for p in out.iterdir()) and all(
-                            (out / n).read_bytes() == (ref / n).read_bytes() for n in names)
-                        rows[-1]["bytes_equal_local"] = same
-                        print(f"{'':>12}  outputs byte-identical to local: {same}", flush=True)
+                        compare(run(eng, f"ray {n}w"))
             finally:
                 ray.shutdown()
     result = {"images": str(a.images), "n_images": len(files), "backend": a.backend, "threads": a.threads,

@@ -53,11 +53,12 @@ def _items(files, out, suffix):
 
 
 @pytest.fixture(scope="module")
-def engine(ray_local):
+def engine(ray_local, tiny_ckpt):
     """Two actors shared by the tests (started once; a killed one is replaced by the engine)."""
     from ilc_export.scale.ray_engine import RayEngine
 
     with RayEngine(workers=2, inflight=3) as e:
+        assert e.start(Job("compress", model=str(tiny_ckpt), options={"threads": 1})) == 2  # both actors up before the first batch
         yield e
 
 
@@ -182,3 +183,4 @@ def test_actor_plan_follows_cluster_resources():
     job, opts, n = plan(Job("decompress"), {"CPU": 2.0}, workers=5)
     assert (opts["num_gpus"], n, job.options["threads"]) == (0, 5, 1)
     assert opts["max_restarts"] == 0  # the engine, not Ray, retries: it must know which files a dead actor held
+

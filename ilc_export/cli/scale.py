@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import typer
+from rich.markup import escape
 
 from ..scale import ENGINES, Item, Job, Summary, make_engine, run_batch
 from .common import console, fail, out, progress
@@ -29,7 +30,12 @@ def open_engine(engine: str, address: str | None, workers: int | None, jobs: int
         fail(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "local" and (address or workers):
         fail("--ray-address and --workers need --engine ray")
-    return make_engine(engine, jobs=jobs, address=address, workers=workers)
+    from ..scale.ray_engine import EngineUnavailable
+
+    try:
+        return make_engine(engine, jobs=jobs, address=address, workers=workers)
+    except EngineUnavailable as e:
+        fail(escape(str(e)))  # the hint's "[ray]" is not markup
 
 
 def print_summary(s: Summary) -> None:

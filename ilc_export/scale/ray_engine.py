@@ -38,7 +38,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise EngineUnavailable(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+        raise EngineUnavailable(f"--engine ray needs Ray (not installed): {INSTALL_HINT}") from None
     return ray
 
 
@@ -111,15 +111,13 @@ class RayEngine:
 
     # -- batch -----------------------------------------------------------------
     def _actors_for(self, opts: dict, n: int) -> None:
-        """Keep the live actors if they were made with these options; start or stop to reach n."""
+        """Keep the live actors if they were made with these options; start more to reach n."""
         ray = self._ray
         if opts != self._actor_opts:
             self._kill_all()
             self._actor_opts = opts
             self._remote = ray.remote(_Actor).options(**opts)
-        while len(self.actors) > n:
-            ray.kill(self.actors.pop())
-        while len(self.actors) < n:
+        while len(self.actors) < n:  # more from an earlier, larger batch stay up
             self.actors.append(self._remote.remote())
 
     def _kill_all(self) -> None:
@@ -127,69 +125,82 @@ class RayEngine:
             self._ray.kill(a)
         self.actors = []
 
+    def start(self, job: Job) -> int:
+        """Start the actors for ``job`` and wait until each has its model loaded (optional:
+        ``run`` starts them too, and begins as soon as the first is ready). Returns their count."""
+        self._connect()
+        job, opts, n = self._plan(job)
+        self._actors_for(opts, n)
+        job = _absolute_job(job)
+        try:
+            self._ray.get([a.warm.remote(job) for a in self.actors])
+        except self._ray.exceptions.RayTaskError as e:
+            raise _cause(e) from None
+        return len(self.actors)
+
     def run(self, job: Job, items: list[Item]) -> Iterator[ItemResult]:
-        ray = self._ray
         t0 = time.perf_counter()
         self._connect()
         job, opts, n = self._plan(job)
         n = min(n, max(1, len(items)))
-        self.workers = n
         self._actors_for(opts, n)
-        dead = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError)
-
-        def absolute(item: Item) -> Item:
-            return Item(Path(os.path.abspath(item.src)), Path(os.path.abspath(item.dst)) if item.dst else None,
-                        Path(os.path.abspath(item.model)) if item.model else None)
-
-        shipped = [absolute(it) for it in items]
         # the workers' working folder is not the caller's: every path they get is absolute
-        job = dataclasses.replace(
-            job, model=os.path.abspath(job.model) if job.model is not None else None,
-            models=[os.path.abspath(m) for m in job.models] if job.models else job.models,
-            search=[os.path.abspath(d) for d in job.search] if job.search else job.search)
+        shipped = [Item(Path(os.path.abspath(it.src)), Path(os.path.abspath(it.dst)) if it.dst else None,
+                        Path(os.path.abspath(it.model)) if it.model else None) for it in items]
+        job = _absolute_job(job)
         try:
-            # every actor loads its model before any file is handed out: a wrong model is one
-            # error here, not a failure per file
-            warming = {a.warm.remote(job): a for a in self.actors}
-            first = True
-            while warming:
-                ready, _ = ray.wait(list(warming), num_returns=1)
-                a = warming.pop(ready[0])
-                try:
-                    ray.get(ready[0])
-                except dead:
-                    self.actors.remove(a)  # replaced by the dispatcher while work remains
-                except ray.exceptions.RayTaskError as e:
-                    raise _cause(e) from None
-                if first:
-                    self.startup_seconds = time.perf_counter() - t0
-                    first = False
-            yield from self._dispatch(job, items, shipped, n, dead)
+            yield from self._dispatch(job, items, shipped, n, t0)
         except BaseException:
             # interrupted, or the caller stopped early: stop the files in flight (outputs are
             # atomic, so none is left half-written) rather than let them run on unseen
             self._kill_all()
             raise
 
-    def _dispatch(self, job, items, shipped, n, dead) -> Iterator[ItemResult]:
+    def _dispatch(self, job, items, shipped, n, t0) -> Iterator[ItemResult]:
+        """Files go only to actors whose model is loaded (``warm`` returned): the first ready
+        actor starts at once, and an actor the cluster cannot place (more workers than it
+        holds) simply never gets work instead of stalling the batch."""
         ray = self._ray
+        dead = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError)
         queue = deque((i, 1) for i in range(len(items)))  # (index, attempt)
+        warming = {a.warm.remote(job): a for a in self.actors}  # ObjectRef -> actor
         pending: dict = {}  # ObjectRef -> (actor, index, attempt)
-        load = {a: 0 for a in self.actors}
+        load: dict = {}  # ready actor -> files in flight
+        self.workers, self.startup_seconds = 0, 0.0
+        deaths_loading = 0
         while queue or pending:
-            if queue and len(load) < n:  # replace dead actors while work remains
-                for _ in range(n - len(load)):
+            if queue and len(load) + len(warming) < n:  # replace dead actors while work remains
+                for _ in range(n - len(load) - len(warming)):
                     a = self._remote.remote()
                     self.actors.append(a)
-                    load[a] = 0
+                    warming[a.warm.remote(job)] = a
             for a in list(load):
                 while queue and load[a] < self.inflight:
                     i, attempt = queue.popleft()
                     pending[a.run.remote(job, i, shipped[i])] = (a, i, attempt)
                     load[a] += 1
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending) + list(warming), num_returns=1)
             ref = ready[0]
+            if ref in warming:
+                a = warming.pop(ref)
+                try:
+                    ray.get(ref)
+                except dead as e:
+                    self._drop(a)
+                    deaths_loading += 1
+                    if deaths_loading > n * (self.max_retries + 1):  # e.g. the model crashes the process
+                        raise RuntimeError(f"Ray workers keep dying while loading the model ({type(e).__name__}); "
+                                           "see the Ray logs (/tmp/ray/session_latest/logs)") from None
+                    continue
+                except ray.exceptions.RayTaskError as e:
+                    # the model does not load: one error for the batch, not one per file
+                    raise _cause(e) from None
+                load[a] = 0
+                if not self.workers:
+                    self.startup_seconds = time.perf_counter() - t0
+                self.workers = max(self.workers, len(load))
+                continue
             a, i, attempt = pending.pop(ref)
             if a in load:
                 load[a] -= 1
@@ -198,8 +209,7 @@ class RayEngine:
             except dead as e:
                 if a in load:  # its other files fail the same way and are requeued as they come back
                     del load[a]
-                    self.actors.remove(a)
-                    ray.kill(a)
+                    self._drop(a)
                 if attempt <= self.max_retries:
                     queue.append((i, attempt + 1))
                     continue
@@ -209,6 +219,11 @@ class RayEngine:
                 r = ItemResult(i, shipped[i], error=f"{items[i].src}: {_cause(e)}".splitlines()[0])
             r.attempts = attempt
             yield _restore_paths(r, items[i])
+
+    def _drop(self, actor) -> None:
+        if actor in self.actors:
+            self.actors.remove(actor)
+        self._ray.kill(actor)
 
     def __enter__(self):
         return self
@@ -249,6 +264,13 @@ def plan(job: Job, resources: dict, workers: int | None = None, cpus_per_worker:
         n = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // cpus)
     opts = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 0, "max_task_retries": 0}
     return job, opts, max(1, n)
+
+
+def _absolute_job(job: Job) -> Job:
+    return dataclasses.replace(
+        job, model=os.path.abspath(job.model) if job.model is not None else None,
+        models=[os.path.abspath(m) for m in job.models] if job.models else job.models,
+        search=[os.path.abspath(d) for d in job.search] if job.search else job.search)
 
 
 def _cause(e):
