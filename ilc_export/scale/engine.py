@@ -12,6 +12,7 @@ every item's result in input order and a :class:`Summary` (images/s, MB/s, failu
 from __future__ import annotations
 
 import os
+import platform
 import tempfile
 import threading
 import time
@@ -158,7 +159,7 @@ class Worker:
         elif self.job.kind == "eval":
             for m in self.job.models or []:
                 self._codec(Path(m))
-        return f"{os.uname().nodename}:{os.getpid()}"
+        return f"{platform.node()}:{os.getpid()}"
 
     def _codec(self, model):
         from ..pipeline.api import open_codec
@@ -197,7 +198,7 @@ class Worker:
     def run(self, index: int, item: Item) -> ItemResult:
         """Never raises for a bad file: any failure becomes that item's ``error``."""
         t0 = time.perf_counter()
-        res = ItemResult(index, item, worker=f"{os.uname().nodename}:{os.getpid()}")
+        res = ItemResult(index, item, worker=f"{platform.node()}:{os.getpid()}")
         try:
             res.in_bytes = Path(item.src).stat().st_size
         except OSError:

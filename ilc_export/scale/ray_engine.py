@@ -2,11 +2,11 @@
 
 Each actor runs a :class:`~ilc_export.scale.engine.Worker` that opens the model once, with
 ``threads`` intra-op threads and, where the cluster has GPUs, one GPU of its own; the actors
-stay up between the batches of one engine until ``close()``. The driver
-hands out one file at a time (``inflight`` per actor, to hide the round trip) and keeps the
-scheduling itself instead of relying on Ray's task retries, so that it knows which files a
-dead actor held: those go back in the queue (up to ``max_retries`` more attempts each) and
-a fresh actor takes the dead one's place. Outputs are written by the actors with
+stay up between the batches of one engine until ``close()``. The driver hands out one file
+at a time (``inflight`` per actor, to hide the round trip) and keeps the scheduling itself
+instead of relying on Ray's task retries, so that it knows which files a dead actor held:
+those go back in the queue (up to ``max_retries`` more attempts each) and a fresh actor
+takes the dead one's place. Outputs are written by the actors with
 ``write_output`` (an anonymous file linked in under its name when complete), so an actor
 killed mid-file leaves nothing, and the retry writes the whole file.
 
@@ -69,7 +69,7 @@ class RayEngine:
     ``workers``: actors to start (default: as many as the cluster's CPUs, or GPUs, hold);
     ``cpus_per_worker``: CPUs each actor reserves (default: the job's ``threads``, else 1),
     also its thread count when the job gives none; ``gpus_per_worker``: default 1 when the
-    cluster has GPUs, else 0."""
+    cluster has GPUs and the backend runs on one, else 0 (see ``plan``)."""
 
     name = "ray"
 
