@@ -184,3 +184,16 @@ def test_actor_plan_follows_cluster_resources():
     assert (opts["num_gpus"], n, job.options["threads"]) == (0, 5, 1)
     assert opts["max_restarts"] == 0  # the engine, not Ray, retries: it must know which files a dead actor held
 
+
+
+def test_local_engine_threads_same_bytes_and_summary(images, tiny_ckpt, tmp_path, one_thread):
+    """The local engine (no Ray): -j 2 gives -j 1's bytes; results come back in input order."""
+    files = sorted(images.iterdir()) + [tmp_path / "missing.png"]
+    job = Job("compress", model=str(tiny_ckpt), options={"threads": 1})
+    one = run_batch(LocalEngine(1), job, _items(files, tmp_path / "j1", ".ilc"))
+    seen = []
+    two = run_batch(LocalEngine(2), job, _items(files, tmp_path / "j2", ".ilc"), lambda r, d, t: seen.append(d))
+    assert [r.item.src for r in two.results] == files and seen == list(range(1, len(files) + 1))
+    assert list(two.summary.failures) == [str(files[-1])] and two.summary.ok == N_GOOD
+    for a, b in zip(one.results[:N_GOOD], two.results[:N_GOOD]):
+        assert a.item.dst.read_bytes() == b.item.dst.read_bytes() and b.value.stats.num_bytes == b.out_bytes
