@@ -89,13 +89,23 @@ def test_image_policies(tmp_path):
         load_rgb(trunc)
 
 
-def test_exif_orientation_is_honoured(tmp_path):
-    p = tmp_path / "r.jpg"
-    im = Image.new("RGB", (20, 10), (200, 0, 0))
+@pytest.mark.parametrize("orientation,turn", [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)),
+                                               (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1)),
+                                               (2, lambda a: a[:, ::-1])])
+def test_exif_orientation_is_honoured(tmp_path, orientation, turn):
+    """The image is coded as displayed: every pixel lands where the orientation tag puts it."""
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 256, (10, 20, 3), dtype=np.uint8)  # 20 wide, 10 high, every pixel distinct enough
+    p = tmp_path / "r.png"  # lossless, so the pixels can be compared exactly
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 CW on display
-    im.save(p, exif=exif)
-    assert load_rgb(p)[0].shape == (20, 10, 3)
+    exif[0x0112] = orientation  # 6: rotate 90 CW on display, 8: 90 CCW, 3: 180, 2: mirror
+    Image.fromarray(stored).save(p, exif=exif)
+    got = load_rgb(p)[0]
+    want = turn(stored)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    if orientation in (6, 8):
+        assert got.shape == (20, 10, 3)
 
 
 def test_cli_compress_decompress_and_errors(tiny_ckpt, tmp_path, sample_image):

@@ -29,9 +29,9 @@ def _images(folder, n, seed, size=128, names=None):
     return folder
 
 
-def _compress_cmd(src, out, ckpt):
+def _compress_cmd(src, out, ckpt, *extra):
     return [sys.executable, "-m", "ilc_export.cli.run_cli", "compress", str(src), "-o", str(out),
-            "--model", str(ckpt), "--threads", "1"]
+            "--model", str(ckpt), "--threads", "1", *extra]
 
 
 def _only_complete_bitstreams(out):
@@ -47,8 +47,10 @@ def test_interrupted_batch_leaves_no_partial_files(tiny_ckpt, tmp_path, sig):
     src = _images(tmp_path / "in", N_IMAGES, 0)
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # a test run started in the background (`pytest &`) inherits an ignored SIGINT: give the child the default
     proc = subprocess.Popen(_compress_cmd(src, out, tiny_ckpt), cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if out.is_dir() and sum(1 for _ in out.glob("*.ilc")) >= 3:
@@ -72,7 +74,8 @@ def test_two_processes_share_an_output_folder(tiny_ckpt, tmp_path):
     src2 = _images(tmp_path / "in2", 0, 2, 64, shared + ["only2"])
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen(_compress_cmd(s, out, tiny_ckpt), cwd=ROOT, env=env,
+    # --force: both may replace what the other wrote (without it the second writer of a name is refused)
+    procs = [subprocess.Popen(_compress_cmd(s, out, tiny_ckpt, "--force"), cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in (src1, src2)]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
@@ -134,7 +137,7 @@ def test_decompress_output_is_atomic(tiny_ckpt, tmp_path, monkeypatch):
     src = tmp_path / "a.ilc"
     src.write_bytes(codec.compress(np.full((20, 30, 3), 99, np.uint8))[0])
 
-    def boom(path, data):
+    def boom(path, data, overwrite=True):
         raise OSError("disk full")
 
     monkeypatch.setattr(api, "write_output", boom)
@@ -144,3 +147,22 @@ def test_decompress_output_is_atomic(tiny_ckpt, tmp_path, monkeypatch):
     r = api.decompress_file(lambda data: codec, src, tmp_path / "a.png")
     assert r.error is None and Image.open(tmp_path / "a.png").size == (30, 20)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ilc", "a.png"]
+
+
+def test_write_output_never_replaces_without_overwrite(tmp_path, monkeypatch):
+    """overwrite=False: an existing target is left as it is (the final link is the check), on the
+    O_TMPFILE path and on the portable one; no temporary file is left behind."""
+    t = tmp_path / "a.ilc"
+    write_output(t, b"old")
+    with pytest.raises(FileExistsError):
+        write_output(t, b"new", overwrite=False)
+    assert t.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["a.ilc"]
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    with pytest.raises(FileExistsError):
+        write_output(t, b"new", overwrite=False)
+    write_output(tmp_path / "b.ilc", b"fresh", overwrite=False)
+    assert t.read_bytes() == b"old" and (tmp_path / "b.ilc").read_bytes() == b"fresh"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ilc", "b.ilc"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "b.ilc").stat().st_mode & 0o777 == 0o666 & ~umask

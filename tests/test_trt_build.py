@@ -243,3 +243,34 @@ def test_default_model_builds_fp32_and_fp16(tmp_path):
         assert all(e["layers"]["fp32_check"] == "passed" for e in m["engines"].values())
         print(f"\n[{what} {ckpt.name} {prec}] " + "; ".join(
             f"{g} {e['precision']} {e['build_s']:.2f}s {e['bytes'] / 2**20:.2f}MiB" for g, e in m["engines"].items()))
+
+
+def test_fp16_engines_from_an_fp32_export_or_a_checkpoint(tiny_ckpt, tmp_path, monkeypatch):
+    """`ilc-export trt --fp16` from a default (fp32-only) export converts the graphs itself (fp32
+    islands as the exporter places them); from --ckpt it exports and builds in one go."""
+    from typer.testing import CliRunner
+
+    from ilc_export.cli.export_cli import app
+    from ilc_export.export.onnx_export import export_onnx
+
+    exp = export_onnx(tiny_ckpt, tmp_path / "m" / "onnx")  # fp32 only
+    before = {p.name: p.read_bytes() for p in exp.iterdir()}
+    small = ["--min-shape", "64x64", "--opt-shape", "128x128", "--max-shape", "2x256x256", "-c", "SM86",
+             "--flavour", "tensorrt_rtx"]
+    r = CliRunner().invoke(app, ["trt", "--fp16", "--onnx", str(exp), *small])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m" / "trt-fp16" / "manifest.json").read_text())  # the default: beside onnx/
+    assert m["precision"] == "fp16" and "converted" in m["fp16_graphs"]
+    assert {g: e["precision"] for g, e in m["engines"].items()} == {
+        "forward": "fp16", "hyper_mean": "fp32", "inverse": "fp16"}
+    assert all(e["layers"]["fp32_check"] == "passed" for e in m["engines"].values())
+    assert {p.name: p.read_bytes() for p in exp.iterdir()} == before  # the export is left as it was
+    # a second build into the same folder needs --force
+    r = CliRunner().invoke(app, ["trt", "--fp16", "--onnx", str(exp), *small])
+    assert r.exit_code == 1 and "--force" in r.output
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["trt", "--fp16", "--ckpt", str(tiny_ckpt), *small])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "engines" / "ilc-tiny" / "trt-fp16" / "manifest.json").read_text())
+    assert m["precision"] == "fp16" and m["engines"]["forward"]["precision"] == "fp16"
+    assert (tmp_path / "engines" / "ilc-tiny" / "onnx" / "manifest.json").is_file()

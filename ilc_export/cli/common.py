@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: one-line errors, consoles, progress bars."""
+"""Shared CLI plumbing: one-line errors, consoles, progress bars, --version."""
 from __future__ import annotations
 
 import functools
@@ -8,20 +8,65 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
-out = Console()
+# soft_wrap: a line is never broken at the console width (piped output is one line per file)
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
-# Errors that users cause (bad files, wrong models): one line, exit code 1, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSError, RuntimeError)
+#: The errors users cause (bad files, wrong models, contradicting options, unwritable
+#: outputs, missing runtimes): (module, class). Each command turns them into one line and exit
+#: code 1; anything else is a bug and keeps its traceback. A class counts only once its module
+#: is imported (a module that was never imported raised nothing), so the CLI never imports
+#: torch or onnx just to name their errors.
+USER_ERROR_CLASSES = (
+    ("ilc_export.codec.errors", "BitstreamError"),
+    ("ilc_export.codec.errors", "TablesError"),
+    ("ilc_export.pipeline.image_io", "ImageError"),
+    ("ilc_export.pipeline.models", "ModelNotFound"),
+    ("ilc_export.pipeline.models", "ModelError"),
+    ("ilc_export.pipeline.models", "UsageError"),
+    ("ilc_export.pipeline.api", "CodingError"),
+    ("ilc_export.backends.base", "BackendError"),
+    ("ilc_export.export.manifest", "ManifestError"),
+    ("ilc_export.export.trt_flavours", "FlavourError"),
+    ("ilc_export.export.trt_build", "BuildError"),
+    ("ilc_export.export.onnx_export", "ExportError"),
+    ("ilc_export.verify.parity", "VerifyError"),
+    ("builtins", "OSError"),  # file system: missing / unreadable / unwritable paths
+)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    types = []
+    for mod, name in USER_ERROR_CLASSES:
+        m = sys.modules.get(mod)
+        if m is not None and isinstance(getattr(m, name, None), type):
+            types.append(getattr(m, name))
+    return tuple(types)
 
 
 def fail(msg: str, code: int = 1):
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    console.print(f"[bold red]error:[/] {_escape(msg)}", highlight=False)
     raise typer.Exit(code)
 
 
+def note(msg: str) -> None:
+    console.print(f"[yellow]note:[/] {_escape(msg)}", highlight=False)
+
+
+def warn(msg: str) -> None:
+    console.print(f"[yellow]warning:[/] {_escape(msg)}", highlight=False)
+
+
+def one_line(e: BaseException) -> str:
+    s = str(e)
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        s = f"{e.filename}: {e.strerror}"
+    return " ".join(s.split()) if s else type(e).__name__
+
+
 def user_errors(fn):
-    """Turn expected exceptions into a one-line error and a non-zero exit."""
+    """Turn expected exceptions into a one-line error and a non-zero exit: the one place the
+    CLIs catch errors."""
 
     @functools.wraps(fn)
     def wrapper(*a, **k):
@@ -32,10 +77,18 @@ def user_errors(fn):
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/] (no partial output files were left)")
             raise typer.Exit(130)
-        except USER_ERRORS as e:
-            fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except Exception as e:
+            if isinstance(e, user_error_types()):
+                fail(one_line(e))
+            raise
 
     return wrapper
+
+
+def _escape(s: str) -> str:
+    from rich.markup import escape
+
+    return escape(s)
 
 
 def progress(disable: bool = False) -> Progress:
@@ -44,3 +97,32 @@ def progress(disable: bool = False) -> Progress:
         TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
         disable=disable or not sys.stderr.isatty(),
     )
+
+
+def need_torch(what: str) -> None:
+    """One line naming what to install when a command needs PyTorch (and onnx) and it is missing."""
+    from ..pipeline.models import UsageError, torch_available
+
+    if not torch_available():
+        raise UsageError(f"{what} needs PyTorch and onnx, which are not installed: pip install 'torch==2.13.0' "
+                         "-e '.[torch]' (on a deployment box, export on another machine and copy the folder)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ilc-export")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def version_option(prog: str):
+    """A --version option for an app callback."""
+
+    def show(value: bool):
+        if value:
+            typer.echo(f"{prog} {_version()}")
+            raise typer.Exit(0)
+
+    return typer.Option(False, "--version", callback=show, is_eager=True, help="print the version and exit")

@@ -7,59 +7,122 @@ from typing import Optional
 import typer
 
 from ..pipeline import api
-from .common import console, fail, out, progress, user_errors
+from .common import console, fail, note, out, progress, user_errors, version_option, warn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-BackendOpt = typer.Option("torch", "--backend", "-b", help="torch | onnxruntime | tensorrt")
-ModelOpt = typer.Option(None, "--model", "-m", help="checkpoint (.safetensors), ONNX export folder or engine folder")
-ThreadsOpt = typer.Option(None, "--threads", help="intra-op threads for the backend (default: all cores)")
-JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="images coded concurrently (threads sharing one model); "
+
+@app.callback()
+def _main(version: bool = version_option("ilc-run")):
+    """Compress, decompress and evaluate images with a deployed ILC model."""
+
+
+BackendOpt = typer.Option(None, "--backend", "-b", help="torch | onnxruntime | tensorrt (default: from --model; "
+                          "a checkpoint runs on torch when PyTorch is installed, else on onnxruntime with its export)")
+ModelOpt = typer.Option(None, "--model", "-m", help="checkpoint (.safetensors), ONNX export folder, engine folder "
+                        "or shipped model name (ilc-q2, baseline-q1); default: the shipped ilc-q<Q>")
+PrecisionOpt = typer.Option(None, "--precision", "-p", help="fp32 | fp16 graphs (onnxruntime / tensorrt; "
+                            "default: fp32 for onnxruntime, whatever the engine folder holds for tensorrt)")
+ThreadsOpt = typer.Option(None, "--threads", help="intra-op threads for the backend, >= 1 (default: all cores)")
+JobsOpt = typer.Option(1, "--jobs", "-j", help="images coded concurrently (threads sharing one model); "
                        "e.g. -j 2 --threads 1 on a 2-core machine")
+ForceOpt = typer.Option(False, "--force", "-f", help="overwrite existing output files")
+MaxPixelsOpt = typer.Option(None, "--max-pixels", help="largest image accepted, in pixels (default: Pillow's "
+                            "MAX_IMAGE_PIXELS, 89,478,485; 0 = no limit)")
 
 
 def _backend_options(threads):
     return {"threads": threads} if threads else {}
 
 
+def _check_counts(threads: int | None = None, jobs: int = 1) -> None:
+    if threads is not None and threads < 1:
+        raise api.UsageError(f"--threads must be at least 1, got {threads}")
+    if jobs < 1:
+        raise api.UsageError(f"--jobs must be at least 1, got {jobs}")
+
+
+def _set_max_pixels(max_pixels: int | None) -> None:
+    """--max-pixels sets Pillow's decompression-bomb limit for this process: the limit both
+    reading images (compress) and the decoder's pixel check (decompress) honour."""
+    if max_pixels is None:
+        return
+    if max_pixels < 0:
+        raise api.UsageError(f"--max-pixels must be 0 (no limit) or positive, got {max_pixels}")
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels or None
+
+
+def _z_options(z_seed: int | None, z_temperature: float | None) -> dict:
+    import math
+
+    from ..codec.bitstream import MAX_TEMPERATURE
+
+    if z_seed is None and z_temperature is None:
+        return {}
+    if z_seed is None:
+        raise api.UsageError("--z-temperature needs --z-seed S (the decoder draws z from the seed stored in the file)")
+    if z_temperature is None:
+        raise api.UsageError("--z-seed needs --z-temperature T > 0 (the decoder draws z ~ N(0, T^2); "
+                             "without both options z = 0)")
+    if not 0 <= z_seed < 2**64:
+        raise api.UsageError(f"--z-seed must be in 0 .. 2^64-1, got {z_seed}")
+    if not (math.isfinite(z_temperature) and 0 < z_temperature <= MAX_TEMPERATURE):
+        raise api.UsageError(f"--z-temperature must be in (0, {MAX_TEMPERATURE:g}], got {z_temperature}")
+    warn(f"--z-temperature {z_temperature:g}: the decoder will draw z ~ N(0, {z_temperature:g}^2) instead of "
+         "z = 0, which lowers PSNR (by several dB, more at larger T; see docs/usage.md)")
+    return {"z_seed": z_seed, "z_temperature": z_temperature}
+
+
 @app.command()
 @user_errors
 def compress(
     inputs: list[str] = typer.Argument(..., help="images, folders or globs"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output file (one input) or folder"),
-    model: Optional[Path] = ModelOpt,
-    quality: int = typer.Option(None, "--quality", "-q", help="shipped quality level (1 = smallest files)"),
-    backend: str = BackendOpt,
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output file (one input) or folder "
+                                          "(default: x.ilc beside each input x.png)"),
+    model: Optional[str] = ModelOpt,
+    quality: Optional[int] = typer.Option(None, "--quality", "-q", help="shipped quality level (1 = smallest "
+                                          "files; default 2); not with --model"),
+    backend: Optional[str] = BackendOpt,
+    precision: Optional[str] = PrecisionOpt,
     threads: Optional[int] = ThreadsOpt,
-    z_seed: Optional[int] = typer.Option(None, help="decode with a seeded z ~ N(0, T^2) instead of z = 0"),
-    z_temperature: float = typer.Option(0.0, help="T for --z-seed"),
+    z_seed: Optional[int] = typer.Option(None, help="decode with a seeded z ~ N(0, T^2) instead of z = 0 "
+                                         "(needs --z-temperature)"),
+    z_temperature: Optional[float] = typer.Option(None, help="T > 0 for --z-seed; lowers PSNR"),
     jobs: int = JobsOpt,
     tile: Optional[int] = typer.Option(None, "--tile", help="largest tile side in pixels (a multiple of 64; "
                                        "0 = never tile; default 1024): larger images are coded tile by tile"),
+    force: bool = ForceOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
 ):
     """Compress images to .ilc bitstreams."""
     from ..pipeline.tiling import check_tile_option
 
+    _check_counts(threads, jobs)
     try:
         check_tile_option(tile)
     except ValueError as e:
-        fail(str(e))
+        raise api.UsageError(str(e)) from None
+    zopts = _z_options(z_seed, z_temperature)
+    _set_max_pixels(max_pixels)
     files = api.expand_inputs(inputs, api.IMAGE_SUFFIXES)
     if not files:
         fail("no input images found")
-    codec = api.open_codec(model, quality, backend, **_backend_options(threads))
+    dsts = api.plan_outputs(files, output, api.BITSTREAM_SUFFIX, force)
+    codec = api.open_codec(model, quality, backend, precision, **_backend_options(threads))
 
     def done(src, dst, r):
         for n in r.notes or []:
-            console.print(f"[yellow]note:[/] {src}: {n}", highlight=False)
+            note(f"{src}: {n}")
         return f"{src} -> {dst}  {r.stats.num_bytes} bytes  {r.stats.bpp:.4f} bpp  {r.stats.total_time * 1000:.0f} ms"
 
-    _batch("compress", files, lambda src: api.output_path(src, output, len(files), api.BITSTREAM_SUFFIX),
-           lambda src, dst: api.compress_file(codec, src, dst, z_seed=z_seed, z_temperature=z_temperature, tile=tile),
+    _batch("compress", files, dsts,
+           lambda src, dst: api.compress_file(codec, src, dst, overwrite=force, tile=tile, **zopts),
            done, jobs)
 
 
-def _batch(name, files, dst_of, work, describe, jobs: int = 1):
+def _batch(name, files, dsts, work, describe, jobs: int = 1):
     """Run `work` over files with a progress bar; report each failure, finish the rest, exit 1 if any failed.
 
     jobs > 1 runs files concurrently in threads sharing one model: the backends and numpy
@@ -72,7 +135,7 @@ def _batch(name, files, dst_of, work, describe, jobs: int = 1):
     try:
         with progress() as prog:
             task = prog.add_task(name, total=len(files), info="")
-            todo = [(src, dst_of(src)) for src in files]
+            todo = list(zip(files, dsts))
             if pool is None:
                 results = ((src, dst, work(src, dst)) for src, dst in todo)
             else:
@@ -81,14 +144,16 @@ def _batch(name, files, dst_of, work, describe, jobs: int = 1):
             for src, dst, r in results:
                 if r.error:
                     failed += 1
-                    console.print(f"[red]error:[/] {r.error}", highlight=False)
+                    console.print("[red]error:[/] " + _escape(r.error), highlight=False)
                 else:
-                    out.print(describe(src, dst, r), highlight=False)
+                    out.print(describe(src, dst, r), highlight=False, markup=False)
                 prog.update(task, advance=1, info=src.name)
     finally:
         if pool is not None:  # on Ctrl-C: drop what has not started, let running files finish atomically
             pool.shutdown(wait=True, cancel_futures=True)
     if failed:
+        if len(files) == 1:  # its error line said it all
+            raise typer.Exit(1)
         fail(f"{failed} of {len(files)} files failed")
 
 
@@ -96,50 +161,62 @@ def _batch(name, files, dst_of, work, describe, jobs: int = 1):
 @user_errors
 def decompress(
     inputs: list[str] = typer.Argument(..., help=".ilc files, folders or globs"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output image (one input) or folder"),
-    model: Optional[Path] = ModelOpt,
-    backend: str = BackendOpt,
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output image (one input) or folder "
+                                          "(default: x.decoded.png beside each input x.ilc)"),
+    model: Optional[str] = ModelOpt,
+    backend: Optional[str] = BackendOpt,
+    precision: Optional[str] = PrecisionOpt,
     threads: Optional[int] = ThreadsOpt,
     reference: Optional[Path] = typer.Option(None, "--reference", help="original image: print PSNR against it"),
     jobs: int = JobsOpt,
+    force: bool = ForceOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
 ):
     """Decompress .ilc bitstreams to PNG (the model is found from the id in each file)."""
+    _check_counts(threads, jobs)
+    _set_max_pixels(max_pixels)
     files = api.expand_inputs(inputs, {api.BITSTREAM_SUFFIX})
     if not files:
         fail("no input bitstreams found")
-    cache = api.CodecCache(model, backend, **_backend_options(threads))
+    if reference is not None and len(files) != 1:
+        raise api.UsageError("--reference needs exactly one input file")
+    dsts = api.plan_outputs(files, output, ".png", force)
+    cache = api.CodecCache(model, backend, precision=precision, **_backend_options(threads))
 
     def done(src, dst, r):
         msg = f"{src} -> {dst}  {r.stats.width}x{r.stats.height}  {r.stats.total_time * 1000:.0f} ms"
-        if reference is not None and len(files) == 1:
+        if reference is not None:
             from ..pipeline.image_io import load_rgb
             from ..pipeline.metrics import psnr
 
             msg += f"  PSNR {psnr(load_rgb(reference)[0], load_rgb(dst)[0]):.2f} dB  {r.stats.bpp:.4f} bpp"
         return msg
 
-    _batch("decompress", files, lambda src: api.output_path(src, output, len(files), ".png"),
-           lambda src, dst: api.decompress_file(cache, src, dst), done, jobs)
+    _batch("decompress", files, dsts, lambda src, dst: api.decompress_file(cache, src, dst, overwrite=force), done, jobs)
 
 
 @app.command()
 @user_errors
 def demo(
     image: Optional[Path] = typer.Argument(None, help="image (default: the shipped sample)"),
-    quality: int = typer.Option(None, "--quality", "-q"),
-    backend: str = BackendOpt,
-    model: Optional[Path] = ModelOpt,
+    quality: Optional[int] = typer.Option(None, "--quality", "-q", help="shipped quality (default 2); not with --model"),
+    backend: Optional[str] = BackendOpt,
+    model: Optional[str] = ModelOpt,
+    precision: Optional[str] = PrecisionOpt,
     output: Path = typer.Option(Path("out"), "-o", "--output", help="folder for the .ilc and decoded PNG"),
+    force: bool = typer.Option(False, "--force", "-f", help="overwrite NAME.ilc / NAME.decoded.png instead of "
+                               "choosing new names (NAME-2.ilc, ...)"),
 ):
     """Compress and decompress one image through real files; print bpp and PSNR."""
     from ..pipeline.demo import run_demo
 
-    r = run_demo(image, quality=quality, backend=backend, model=model, out_dir=output)
+    r = run_demo(image, quality=quality, backend=backend, model=model, out_dir=output, precision=precision,
+                 force=force)
     out.print(
         f"{r['image']}: {r['width']}x{r['height']}  {r['bytes']} bytes  {r['bpp']:.4f} bpp  "
-        f"PSNR {r['psnr']:.2f} dB  MS-SSIM {r['ms_ssim']:.4f}  (model {r['model']}, backend {backend})\n"
+        f"PSNR {r['psnr']:.2f} dB  MS-SSIM {r['ms_ssim']:.4f}  (model {r['model']}, backend {r['backend']})\n"
         f"  wrote {r['bitstream']} and {r['decoded']}; encode {r['encode_s']*1000:.0f} ms, decode {r['decode_s']*1000:.0f} ms",
-        highlight=False,
+        highlight=False, markup=False,
     )
 
 
@@ -149,24 +226,52 @@ def eval_cmd(
     directory: Path = typer.Argument(..., help="folder of images (e.g. Kodak)"),
     json_out: Path = typer.Option(..., "--json", help="results JSON (CompressAI format)"),
     qualities: Optional[str] = typer.Option(None, "--quality", "-q", help="comma list (default: every shipped quality)"),
-    backend: str = BackendOpt,
-    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="one model per point instead of shipped qualities"),
+    backend: Optional[str] = BackendOpt,
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="one model per point instead of shipped "
+                                              "qualities (checkpoint, export / engine folder or shipped name)"),
+    precision: Optional[str] = PrecisionOpt,
     threads: Optional[int] = ThreadsOpt,
     limit: Optional[int] = typer.Option(None, help="only the first N images"),
+    force: bool = ForceOpt,
 ):
     """Compress + decompress every image through real files; report bpp, PSNR, MS-SSIM, times."""
+    from ..pipeline.models import resolve
     from ..verify.rd import evaluate_codec, write_results_json
 
-    qs = [int(q) for q in qualities.split(",")] if qualities else None
+    _check_counts(threads)
+    if model and qualities:
+        raise api.UsageError("give either --model or --quality, not both")
+    if json_out.exists() and not force:
+        raise api.OutputError(f"{json_out} already exists; pass --force to overwrite, or choose another --json")
+    try:
+        qs = [int(q) for q in qualities.split(",")] if qualities else None
+    except ValueError:
+        raise api.UsageError(f"--quality takes a comma list of integers, got {qualities!r}") from None
+    if model:
+        resolved = [resolve(m, None, backend, precision) for m in model]
+    else:
+        from ..pipeline.models import shipped_qualities
+
+        resolved = [resolve(None, q, backend, precision) for q in (qs or shipped_qualities())]
+    if not resolved:
+        raise api.UsageError("no shipped qualities found; pass --model")
+    backends = {r.backend for r in resolved}
+    if len(backends) != 1:
+        raise api.UsageError(f"the models run on different backends ({', '.join(sorted(backends))}); pass --backend")
+    be = backends.pop()
+    opts = _backend_options(threads)
+    if precision is not None and be != "torch":
+        opts["precision"] = precision
     with progress() as prog:
-        res = evaluate_codec(directory, qualities=qs, models=model, backend=backend, limit=limit,
-                             progress=prog, **_backend_options(threads))
+        res = evaluate_codec(directory, models=[r.source for r in resolved], backend=be, limit=limit,
+                             progress=prog, **opts)
     write_results_json(res, json_out)
     r = res["results"]
     for i in range(len(r["bpp"])):
-        out.print(f"point {i + 1}: {r['bpp'][i]:.4f} bpp  PSNR {r['psnr-rgb'][i]:.2f} dB  MS-SSIM {r['ms-ssim-rgb'][i]:.4f}  "
-                  f"enc {r['encoding_time'][i]:.3f} s  dec {r['decoding_time'][i]:.3f} s", highlight=False)
-    out.print(f"wrote {json_out}")
+        name = res["per_image"][i][0].get("model", f"point {i + 1}")
+        out.print(f"{name}: {r['bpp'][i]:.4f} bpp  PSNR {r['psnr-rgb'][i]:.2f} dB  MS-SSIM {r['ms-ssim-rgb'][i]:.4f}  "
+                  f"enc {r['encoding_time'][i]:.3f} s  dec {r['decoding_time'][i]:.3f} s", highlight=False, markup=False)
+    out.print(f"wrote {json_out}  (backend {be})", highlight=False, markup=False)
 
 
 @app.command()
@@ -200,6 +305,12 @@ def report(
         if v is not None:
             out.print(f"{r['codec']}: BD-rate vs Pillow JPEG (PSNR) {v:+.1f}%", highlight=False)
     out.print(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}")
+
+
+def _escape(s: str) -> str:
+    from rich.markup import escape
+
+    return escape(s)
 
 
 def main():

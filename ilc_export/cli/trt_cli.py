@@ -9,14 +9,17 @@ from typing import Optional
 
 import typer
 
-from .common import console, out, user_errors
+from .common import console, need_torch, out, user_errors
 
 
 def trt_cmd(
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX export folder (from `ilc-export onnx`)"),
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="or a checkpoint: exported first, into onnx/ beside the engine folder"),
-    fp16: bool = typer.Option(False, "--fp16/--fp32", help="fp16 engines (hyper_mean and the fp32 islands stay fp32)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="engine folder (default: trt/ beside the ONNX folder)"),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="or a checkpoint: exported first into "
+                                        "engines/<model>/onnx (an export of the same model there is reused)"),
+    fp16: bool = typer.Option(False, "--fp16/--fp32", help="fp16 engines (hyper_mean and the fp32 islands stay "
+                              "fp32); an fp32-only export is converted to fp16 first"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="engine folder (default: trt/, or trt-fp16/ with "
+                                           "--fp16, beside the ONNX folder)"),
     min_shape: str = typer.Option("1x64x64", "--min-shape", help="smallest image batch, BxHxW or HxW (padded)"),
     opt_shape: str = typer.Option("1x1088x1920", "--opt-shape", help="the shape TensorRT tunes for"),
     max_shape: str = typer.Option("1x2176x3840", "--max-shape", help="largest image batch the engines accept"),
@@ -28,20 +31,31 @@ def trt_cmd(
     workspace: Optional[str] = typer.Option(None, "--workspace", help="builder workspace limit, e.g. 2G"),
     flavour: Optional[str] = typer.Option(None, "--flavour", help="tensorrt or tensorrt_rtx (default: what is installed)"),
     check: str = typer.Option("error", "--check", help="fp32-layer check: error | warn | off"),
+    force: bool = typer.Option(False, "--force", "-f", help="replace an existing engine folder (and, with --ckpt, "
+                               "an ONNX export of another model)"),
 ):
     """Build one TensorRT engine per graph, with an engine manifest and a layer precision report."""
     from ..export import trt_build as tb
 
+    from ..pipeline.models import UsageError, check_checkpoint, checkpoint_name, source_kind
+
     if (onnx is None) == (ckpt is None):
-        raise typer.BadParameter("give exactly one of --onnx and --ckpt")
+        raise UsageError("give exactly one of --onnx and --ckpt")
+    if onnx is not None and source_kind(onnx) != "onnx":
+        raise UsageError(f"{onnx}: not an ONNX export folder (it holds TensorRT engines)")
+    if ckpt is not None:
+        check_checkpoint(ckpt)
+        need_torch("ilc-export trt --ckpt (it exports the checkpoint first)")
     kw = dict(fp16=fp16, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, timing_cache=timing_cache,
               compute_capabilities=tuple(compute_capability) or None, workspace=tb.parse_size(workspace),
               flavour=flavour, check=check)
+    onnx_dir = onnx if onnx is not None else Path("engines") / checkpoint_name(ckpt) / "onnx"
+    target = out_dir or tb.default_out_dir(onnx_dir, fp16)
+    if target.exists() and any(target.iterdir()) and not force:
+        raise UsageError(f"{target} exists and is not empty; pass --force to rebuild the engines there, or --out")
     if ckpt is not None:
-        target = out_dir or Path("engines") / ckpt.stem / "trt"
-        manifest = tb.build_from_checkpoint(ckpt, target, onnx_dir=target.parent / "onnx", **kw)
+        manifest = tb.build_from_checkpoint(ckpt, target, onnx_dir=onnx_dir, force=force, **kw)
     else:
-        target = out_dir or tb.default_out_dir(onnx)
         manifest = tb.build_engines(onnx, target, **kw)
     out.print(tb.summary_table(manifest))
     console.print(f"[green]wrote[/green] {manifest.parent}")

@@ -330,29 +330,72 @@ def _load_images(calib_dir, max_images: int = 8, crop: int = 256) -> list[np.nda
     return out
 
 
-def finalize_checkpoint(ckpt_path: str | Path, calib_dir: str | Path | None = None, **kw) -> str:
-    """Write freshly built tables into a checkpoint (weights and metadata kept; atomic).
+def _calibration_note(calib_dir, images) -> str:
+    """What calibrated the integer scale network, for the checkpoint's metadata."""
+    if not images:
+        return "prior samples (seed 0)"
+    import hashlib
 
-    Returns the new model id (covers weights and tables).
-    """
+    h = hashlib.sha256()
+    for a in images:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return f"{len(images)} image crops from {Path(calib_dir).name}/ (sha256 {h.hexdigest()[:16]})"
+
+
+#: safetensors metadata key recording what calibrated the tables (not part of the model id)
+CALIBRATION_KEY = "tables_calibration"
+
+
+def stored_tables(ckpt_path: str | Path) -> dict[str, np.ndarray]:
+    """The ``tables.*`` tensors a checkpoint holds now (empty when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt_path), framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(TABLE_PREFIX)}
+
+
+def finalize_checkpoint(ckpt_path: str | Path, calib_dir: str | Path | None = None, *, replace: bool = True,
+                        **kw) -> str:
+    """Write freshly built tables into a checkpoint (weights and metadata kept; atomic; the
+    file keeps its mode). Returns the model id (covers weights and tables).
+
+    Tables equal to the ones the checkpoint already holds are not rewritten (the id stays).
+    Different tables replace existing ones only with `replace` (else TablesError naming both
+    ids: files written with the old id would no longer decode)."""
     import torch
     from ilc_reference.checkpoint import load_model
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    from .errors import TablesError
+
     ckpt_path = Path(ckpt_path)
     model = load_model(ckpt_path)
     calib = _load_images(calib_dir) if calib_dir is not None else None
     tables = build_tables(model, calib, **kw)
+    old = stored_tables(ckpt_path)
+    if old and set(old) == set(tables) and all(
+            old[k].dtype == tables[k].dtype and np.array_equal(old[k], tables[k]) for k in tables):
+        return model_id_of_file(ckpt_path)
     with safe_open(str(ckpt_path), framework="pt") as f:
-        meta = f.metadata() or {}
+        meta = dict(f.metadata() or {})
     tensors = {k: v for k, v in load_file(str(ckpt_path)).items() if not k.startswith(TABLE_PREFIX)}
     for k, v in tables.items():
         tensors[k] = torch.from_numpy(v)
-    fd, tmp = tempfile.mkstemp(prefix=ckpt_path.name + ".", suffix=".tmp", dir=str(ckpt_path.parent))
+    if old and not replace:
+        from .tables import compute_model_id
+
+        new_id = compute_model_id({k: v.numpy() for k, v in tensors.items()}, meta.get("config"))
+        raise TablesError(f"{ckpt_path}: the rebuilt tables differ from the stored ones (model id "
+                          f"{model_id_of_file(ckpt_path)} -> {new_id}); files written with the old id would no "
+                          "longer decode")
+    meta[CALIBRATION_KEY] = _calibration_note(calib_dir, calib)
+    mode = ckpt_path.stat().st_mode & 0o777
+    fd, tmp = tempfile.mkstemp(prefix=f".{ckpt_path.name}.", suffix=".tmp", dir=str(ckpt_path.parent))
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, mode)
         os.replace(tmp, ckpt_path)
     finally:
         if os.path.exists(tmp):

@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -443,7 +444,62 @@ class _RichProgress:
 
 
 # --------------------------------------------------------------------------- the build
-def build_engines(
+def build_engines(onnx_dir: str | Path, out_dir: str | Path, fp16: bool = False, *args, **kw) -> Path:
+    """Build one engine per graph of an ONNX export folder into `out_dir`; returns the manifest path.
+
+    An fp16 build from an export without fp16 graphs (``ilc-export onnx`` without --fp16)
+    converts them first, with the exporter's fp32-island policy (``fp16.to_fp16``), into a
+    temporary copy of the export; the engine manifest records that. See ``_build_engines``
+    for the other arguments."""
+    onnx_dir = Path(onnx_dir)
+    man = load_onnx_manifest(onnx_dir)
+    if fp16 and kw.get("keep_fp32", True) and man.get("precisions") and "fp16" not in man["precisions"]:
+        with tempfile.TemporaryDirectory(prefix="ilc-fp16-export-") as tmp:
+            view = with_fp16_graphs(onnx_dir, man, Path(tmp))
+            return _build_engines(view, out_dir, fp16, *args, record_dir=onnx_dir,
+                                  fp16_source="converted from the fp32 export by ilc-export trt", **kw)
+    return _build_engines(onnx_dir, out_dir, fp16, *args, **kw)
+
+
+def with_fp16_graphs(onnx_dir: Path, manifest: dict, tmp: Path) -> Path:
+    """A copy of an fp32-only export folder in `tmp`, with fp16 graphs (fp32 islands) added the
+    way ``ilc-export onnx --fp16`` writes them; returns `tmp`."""
+    try:
+        import onnx
+
+        from . import fp16 as fp16_mod
+    except ImportError as e:
+        raise BuildError(f"converting the fp32 graphs to fp16 needs the onnx package ({e}): pip install onnx, "
+                         "or export with `ilc-export onnx --fp16`") from e
+    files = dict(manifest.get("files") or {})
+    for name in files:
+        shutil.copyfile(onnx_dir / name, tmp / name)
+    fp16_files, islands = {}, {}
+    for g, fname in (manifest["precisions"].get("fp32") or {}).items():
+        if g in fp16_mod.FP32_GRAPHS:
+            fp16_files[g], islands[g] = fname, ["*"]
+            continue
+        model = onnx.load(str(onnx_dir / fname))
+        m16, keep = fp16_mod.to_fp16(model, g)
+        for p in m16.metadata_props:
+            if p.key == "ilc.precision":
+                p.value = "fp16"
+        try:
+            onnx.checker.check_model(m16, full_check=True)
+        except Exception as e:  # noqa: BLE001 - onnx raises several unrelated types
+            raise BuildError(f"{g}: the fp16 conversion of {fname} fails onnx.checker: {e}") from e
+        name = f"{g}.fp16.onnx"
+        (tmp / name).write_bytes(m16.SerializeToString(deterministic=True))
+        fp16_files[g], islands[g] = name, keep
+        files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+    m = {**manifest, "precisions": {**manifest["precisions"], "fp16": fp16_files}, "files": files,
+         "fp16": {"fp32_islands": islands, "policy": "converted from the fp32 export by ilc-export trt "
+                  "(the exporter's fp32-island policy)"}}
+    (tmp / MANIFEST).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    return tmp
+
+
+def _build_engines(
     onnx_dir: str | Path,
     out_dir: str | Path,
     fp16: bool = False,
@@ -459,6 +515,8 @@ def build_engines(
     flavour: Flavour | str | None = None,
     keep_fp32: bool = True,
     check: str = "error",
+    record_dir: Path | None = None,
+    fp16_source: str = "export",
 ) -> Path:
     """Build one engine per graph of an ONNX export folder into `out_dir`; returns the manifest path.
 
@@ -681,7 +739,8 @@ def build_engines(
         "workspace_bytes": workspace,
         "timing_cache": (str(timing_cache) if cache is not None else cache_note),
         "engines": engines,
-        "onnx_dir": str(onnx_dir),
+        "onnx_dir": str(record_dir or onnx_dir),
+        "fp16_graphs": fp16_source if fp16 else None,
         "onnx_manifest": "onnx_manifest.json" if (onnx_dir / MANIFEST).exists() else None,
         "tables": copied.get("tables"),
         "build": {
@@ -713,20 +772,31 @@ def _copy_model_files(onnx_dir: Path, out_dir: Path, onnx_manifest: dict) -> dic
     return out
 
 
-def default_out_dir(onnx_dir: str | Path) -> Path:
-    """engines/<model>/onnx -> engines/<model>/trt; any other folder X -> X-trt beside it."""
+def default_out_dir(onnx_dir: str | Path, fp16: bool = False) -> Path:
+    """The engine folder beside an ONNX folder: trt/ (fp32) or trt-fp16/ (engines/<model>/onnx ->
+    engines/<model>/trt)."""
     onnx_dir = Path(onnx_dir)
-    return onnx_dir.parent / "trt" if onnx_dir.name == "onnx" else onnx_dir.with_name(onnx_dir.name + "-trt")
+    return onnx_dir.parent / ("trt-fp16" if fp16 else "trt")
 
 
 def build_from_checkpoint(ckpt: str | Path, out_dir: str | Path, fp16: bool = False, onnx_dir: str | Path | None = None,
-                          **kw) -> Path:
-    """Export `ckpt` to ONNX (into onnx_dir or out_dir/onnx), then build its engines."""
-    from .onnx_export import export_onnx  # needs torch
+                          force: bool = False, **kw) -> Path:
+    """Export `ckpt` to ONNX (into onnx_dir or out_dir/onnx), then build its engines. An
+    existing export of the same model (same model id) in onnx_dir is reused; one of another
+    model is replaced only with `force`."""
+    from ..codec.tables import model_id_of_file
 
     out_dir = Path(out_dir)
     onnx_dir = Path(onnx_dir) if onnx_dir else out_dir / "onnx"
-    export_onnx(Path(ckpt), onnx_dir, fp16=fp16)
+    mid = model_id_of_file(Path(ckpt))
+    have = load_onnx_manifest(onnx_dir) if onnx_dir.is_dir() else {}
+    if have.get("model_id") != mid:
+        if onnx_dir.exists() and not force:
+            raise BuildError(f"{onnx_dir} exists and holds {'another model' if have else 'no ONNX export'}; "
+                             "pass --force to replace it")
+        from .onnx_export import export_onnx  # needs torch
+
+        export_onnx(Path(ckpt), onnx_dir, fp16=fp16)
     return build_engines(onnx_dir, out_dir, fp16=fp16, **kw)
 
 

@@ -7,27 +7,39 @@ import threading
 import io
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..backends import load_backend
-from ..codec.bitstream import unpack, write_atomic
+from ..codec.bitstream import unpack
 from ..codec.errors import BitstreamError
 from .codec import ImageCodec, Stats
 from .image_io import IMAGE_SUFFIXES, ImageError, load_rgb
-from .models import DEFAULT_QUALITY, ModelNotFound, find_model, shipped_checkpoint
+from .models import ModelNotFound, UsageError, find_model, normalise_backend, resolve
 
 BITSTREAM_SUFFIX = ".ilc"
+#: suffix of decoded images written without -o: never the original image's name
+DECODED_SUFFIX = ".decoded.png"
 
 
-def open_codec(model: str | Path | None = None, quality: int | None = None, backend: str = "torch", **options) -> ImageCodec:
-    """A codec for a checkpoint / export folder / engine folder, or a shipped quality."""
-    if model is None:
-        if backend != "torch":
-            raise ModelNotFound(f"backend {backend!r} needs --model (an ONNX export or engine folder)")
-        model = shipped_checkpoint(quality or DEFAULT_QUALITY)
-    return ImageCodec(load_backend(backend, Path(model), **options))
+class OutputError(OSError):
+    """An output file cannot be written where asked (exists, unwritable folder, clash)."""
+
+
+class CodingError(ValueError):
+    """One file failed to compress or decompress (the message names it and the reason)."""
+
+
+def open_codec(model: str | Path | None = None, quality: int | None = None, backend: str | None = None,
+               precision: str | None = None, **options) -> ImageCodec:
+    """A codec for a checkpoint / export folder / engine folder / shipped name, or a shipped
+    quality; the backend is chosen by ``models.resolve`` when not given."""
+    r = resolve(model, quality, backend, precision)
+    if precision is not None and r.backend != "torch":
+        options = {**options, "precision": precision}
+    return ImageCodec(load_backend(r.backend, r.source, **options))
 
 
 def expand_inputs(items: Iterable[str | Path], suffixes: set[str] | None) -> list[Path]:
@@ -50,14 +62,72 @@ def expand_inputs(items: Iterable[str | Path], suffixes: set[str] | None) -> lis
     return uniq
 
 
+def default_output(src: Path, suffix: str) -> Path:
+    """Where an output goes without -o: beside the input, `x.png -> x.ilc`, `x.ilc -> x.decoded.png`."""
+    return src.with_name(src.stem + (DECODED_SUFFIX if suffix != BITSTREAM_SUFFIX else suffix))
+
+
 def output_path(src: Path, out: Path | None, n_inputs: int, suffix: str) -> Path:
-    """-o is a file for one input, else a folder; default: next to the input."""
+    """-o is a file for one input (when it has a suffix and is not a folder), else a folder;
+    default: beside the input (``default_output``). Creates nothing."""
     if out is None:
-        return src.with_suffix(suffix) if src.suffix != suffix else src.with_name(src.stem + ".decoded.png")
+        return default_output(src, suffix)
     if n_inputs == 1 and not out.is_dir() and out.suffix:
         return out
-    out.mkdir(parents=True, exist_ok=True)
     return out / (src.stem + suffix)
+
+
+def plan_outputs(files: list[Path], out: Path | None, suffix: str, force: bool = False) -> list[Path]:
+    """Every input's output path, checked before any work: OutputError when an output exists
+    (unless force), two inputs share an output, an output is an input or a folder, or its
+    folder cannot be created or written. Creates the folders -o names."""
+    if out is not None and len(files) > 1 and out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder (-o must be a folder for {len(files)} inputs)")
+    dsts = [output_path(f, out, len(files), suffix) for f in files]
+    inputs = {os.path.abspath(f) for f in files}
+    seen: dict[str, Path] = {}
+    exist = []
+    for src, dst in zip(files, dsts):
+        key = os.path.abspath(dst)
+        if key in inputs:
+            raise OutputError(f"{dst}: the output would replace an input; choose another -o")
+        if key in seen:
+            raise OutputError(f"{seen[key]} and {src} would both be written to {dst}; use -o with one input at a time")
+        seen[key] = src
+        if dst.is_dir():
+            raise OutputError(f"{dst}: is a folder")
+        if dst.exists() and not force:
+            exist.append(dst)
+    if exist:
+        more = f" and {len(exist) - 1} more" if len(exist) > 1 else ""
+        raise OutputError(f"{exist[0]}{more} already exist{'s' if len(exist) == 1 else ''}; "
+                          "pass --force to overwrite, or choose another -o")
+    for folder in sorted({d.parent for d in dsts}, key=str):
+        folder = folder if str(folder) else Path(".")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise OutputError(f"{folder}: exists and is not a folder") from None
+        except OSError as e:
+            raise OutputError(f"cannot create output folder {folder} ({e.strerror or e})") from None
+        try:  # create (and drop) an unnamed file there: read-only mounts and permissions show now, not after coding
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise OutputError(f"{folder}: output folder is not writable ({e.strerror or type(e).__name__})") from None
+    return dsts
+
+
+def unique_path(path: Path) -> Path:
+    """`path`, or `stem-2.suffix`, `stem-3.suffix`, ... : the first name that does not exist."""
+    if not path.exists():
+        return path
+    name, suffix = (path.name[:-len(DECODED_SUFFIX)], DECODED_SUFFIX) if path.name.endswith(DECODED_SUFFIX) \
+        else (path.stem, path.suffix)
+    i = 2
+    while (path.with_name(f"{name}-{i}{suffix}")).exists():
+        i += 1
+    return path.with_name(f"{name}-{i}{suffix}")
 
 
 @dataclass
@@ -69,25 +139,27 @@ class FileResult:
     notes: list[str] | None = None
 
 
-def write_output(path: str | Path, data: bytes) -> Path:
-    """Create or replace `path` with `data` so that no partial file is ever visible, even if
-    the process is killed (SIGKILL) mid-write, and concurrent writers never mix bytes.
+def write_output(path: str | Path, data: bytes, overwrite: bool = True) -> Path:
+    """Create (or, with overwrite, replace) `path` with `data` so that no partial file is ever
+    visible, even if the process is killed (SIGKILL) mid-write, and concurrent writers never
+    mix bytes. overwrite=False: FileExistsError if `path` exists, checked atomically (a file
+    that appears meanwhile is never replaced).
 
     Linux: the bytes go to an anonymous file (O_TMPFILE) in the target folder, fsync, then
     it is linked in under its final name; a process killed before that leaves nothing. An
     existing target is replaced through a uniquely named link + rename (a window of two
-    system calls). Elsewhere (or on file systems without O_TMPFILE): ``write_atomic``
-    (unique temp file + rename, removed on any exception)."""
+    system calls). Elsewhere (or on file systems without O_TMPFILE): a unique temporary file
+    + rename (or + link when not overwriting), removed on any exception."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     flag = getattr(os, "O_TMPFILE", 0)
     if not flag or not os.path.isdir("/proc/self/fd"):
-        return write_atomic(path, data)
+        return _write_portable(path, data, overwrite)
     try:
         fd = os.open(directory, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as e:
         if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP):
-            return write_atomic(path, data)
+            return _write_portable(path, data, overwrite)
         raise
     try:
         view = memoryview(data)
@@ -105,6 +177,8 @@ def write_output(path: str | Path, data: bytes) -> Path:
             try:
                 os.link(src, path.name, dst_dir_fd=dfd, follow_symlinks=True)
             except FileExistsError:
+                if not overwrite:
+                    raise
                 tmp = f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
                 os.link(src, tmp, dst_dir_fd=dfd, follow_symlinks=True)
                 try:
@@ -118,12 +192,48 @@ def write_output(path: str | Path, data: bytes) -> Path:
             except OSError as e:  # no usable /proc link (sandbox, exotic fs): the portable way
                 if e.errno not in (errno.EXDEV, errno.ENOENT, errno.EPERM, errno.EOPNOTSUPP, errno.EINVAL):
                     raise
-                return write_atomic(path, data)
+                return _write_portable(path, data, overwrite)
         finally:
             os.close(dfd)
     finally:
         os.close(fd)
     return path
+
+
+def _write_portable(path: Path, data: bytes, overwrite: bool) -> Path:
+    """Unique temporary file in the target folder, fsync, then rename (overwrite) or link
+    (no overwrite: fails if the target exists); the temporary file is removed on any exception."""
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:  # renamed away on success; still there after a link or a failure
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    return path
+
+
+def _write_error(dst: Path, e: OSError) -> str:
+    """One line for a failed write, naming the output (never a temporary name)."""
+    if isinstance(e, FileExistsError):
+        return f"{dst}: already exists (appeared while coding); pass --force to overwrite"
+    return f"{dst}: cannot write ({e.strerror or (str(e) if e.errno is None else '') or type(e).__name__})"
 
 
 def encode_image(path: str | Path, img) -> bytes:
@@ -139,49 +249,71 @@ def encode_image(path: str | Path, img) -> bytes:
     return buf.getvalue()
 
 
-def compress_file(codec: ImageCodec, src: Path, dst: Path, **zopts) -> FileResult:
+def compress_file(codec: ImageCodec, src: Path, dst: Path, overwrite: bool = True, **zopts) -> FileResult:
+    """Image file -> .ilc file; errors come back in the result, each naming the input or output."""
     try:
         img, notes = load_rgb(src)
         data, st = codec.compress(img, **zopts)
-        write_output(dst, data)
-        return FileResult(src, dst, st, notes=notes)
-    except (ImageError, BitstreamError, OSError) as e:
+    except ImageError as e:  # names the file already
         return FileResult(src, None, error=str(e))
+    except BitstreamError as e:
+        return FileResult(src, None, error=f"{src}: {e}")
+    try:
+        write_output(dst, data, overwrite=overwrite)
+    except OSError as e:
+        return FileResult(src, None, error=_write_error(dst, e))
+    return FileResult(src, dst, st, notes=notes)
 
 
-def decompress_file(codec_for: Callable[[bytes], ImageCodec], src: Path, dst: Path) -> FileResult:
+def decompress_file(codec_for: Callable[[bytes], ImageCodec], src: Path, dst: Path,
+                    overwrite: bool = True, max_pixels=None) -> FileResult:
+    """.ilc file -> image file; errors come back in the result, each naming the input or output.
+    max_pixels: passed to ImageCodec.decompress (None: its default)."""
     try:
         data = src.read_bytes()
+    except OSError as e:
+        return FileResult(src, None, error=f"{src}: cannot read ({e.strerror or type(e).__name__})")
+    try:
         codec = codec_for(data)
-        img, st = codec.decompress(data)
-        write_output(dst, encode_image(dst, img))
-        return FileResult(src, dst, st)
-    except (BitstreamError, ModelNotFound, OSError) as e:
+        kw = {} if max_pixels is None else {"max_pixels": max_pixels or None}
+        img, st = codec.decompress(data, **kw)
+        encoded = encode_image(dst, img)
+    except (BitstreamError, ModelNotFound) as e:
         return FileResult(src, None, error=f"{src}: {e}")
+    try:
+        write_output(dst, encoded, overwrite=overwrite)
+    except OSError as e:
+        return FileResult(src, None, error=_write_error(dst, e))
+    return FileResult(src, dst, st)
 
 
 class CodecCache:
     """Decoders keyed by the model id found in each file (decompress without --model)."""
 
-    def __init__(self, model: Path | None, backend: str, search: list[Path] | None = None, **options):
-        self.model, self.backend, self.search, self.options = model, backend, search, options
+    def __init__(self, model: Path | None, backend: str | None, search: list[Path] | None = None,
+                 precision: str | None = None, **options):
+        self.backend = normalise_backend(backend)
+        self.model, self.search, self.precision, self.options = model, search, precision, options
         self._by_id: dict[str, ImageCodec] = {}
         self._fixed: ImageCodec | None = None
         self._lock = threading.Lock()  # batches may decode in threads
+        if model is not None:  # a bad --model is a usage error, reported once before any file
+            self._fixed = open_codec(model, None, self.backend, precision, **options)
 
     def __call__(self, data: bytes) -> ImageCodec:
         with self._lock:
             return self._get(data)
 
     def _get(self, data: bytes) -> ImageCodec:
-        if self.model is not None:
-            if self._fixed is None:
-                self._fixed = ImageCodec(load_backend(self.backend, self.model, **self.options))
+        if self._fixed is not None:
             return self._fixed
         mid = unpack(data)[0].model_id.hex()
         if mid not in self._by_id:
-            src = find_model(mid, self.backend, self.search)
-            self._by_id[mid] = ImageCodec(load_backend(self.backend, src, **self.options))
+            be, src = find_model(mid, self.backend, self.search, self.precision)
+            opts = dict(self.options)
+            if self.precision is not None and be != "torch":
+                opts["precision"] = self.precision
+            self._by_id[mid] = ImageCodec(load_backend(be, src, **opts))
         return self._by_id[mid]
 
 
@@ -190,6 +322,7 @@ def default_threads() -> int:
 
 
 __all__ = [
-    "BITSTREAM_SUFFIX", "IMAGE_SUFFIXES", "open_codec", "expand_inputs", "output_path", "compress_file",
+    "BITSTREAM_SUFFIX", "DECODED_SUFFIX", "IMAGE_SUFFIXES", "OutputError", "CodingError", "UsageError", "open_codec",
+    "expand_inputs", "output_path", "plan_outputs", "unique_path", "default_output", "compress_file",
     "decompress_file", "CodecCache", "FileResult", "write_output", "encode_image",
 ]

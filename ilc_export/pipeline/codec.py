@@ -138,7 +138,7 @@ class ImageCodec:
         limit = default_max_pixels() if max_pixels is _DEFAULT else max_pixels
         if limit and h * w > limit:
             raise BitstreamError(f"file claims a {w}x{h} image ({h * w} pixels), above the decoder's limit of "
-                                 f"{limit} pixels (Pillow's MAX_IMAGE_PIXELS; pass max_pixels=None to lift it)")
+                                 f"{limit} pixels (Pillow's MAX_IMAGE_PIXELS; --max-pixels / max_pixels= raises it)")
         tiles = tiling.layout(header)
         shapes = tiling.tile_shapes(self.cfg, tiles)
         tiling.check_streams(self.entropy, tiles, shapes, streams)

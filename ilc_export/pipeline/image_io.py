@@ -44,7 +44,8 @@ def load_rgb(path: str | Path) -> tuple[np.ndarray, list[str]]:
                 im = ImageOps.exif_transpose(im)
                 arr = _to_rgb8(im, notes)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: refused, image larger than Pillow's safety limit ({e})") from None
+        raise ImageError(f"{path}: refused, image larger than Pillow's safety limit ({' '.join(str(e).split())}); "
+                         "--max-pixels N raises the limit, 0 lifts it") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as e:

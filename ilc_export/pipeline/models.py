@@ -1,10 +1,26 @@
-"""Finding models: shipped checkpoints, ONNX export folders, engine folders.
+"""Finding models: shipped checkpoints, ONNX export folders, engine folders; choosing a backend.
 
 Torch-free, so a deployment box can resolve a model id from a file header.
+
+The rule every `ilc-run` command follows (docs/usage.md, "Finding models"):
+
+- ``--model`` is a checkpoint (.safetensors), an ONNX export folder, an engine folder, or the
+  name of a shipped model (``ilc-q2``, ``baseline-q1``). Without it, ``-q Q`` names the shipped
+  ``ilc-qQ`` (default 2); ``decompress`` takes the model id from each file instead.
+- The backend follows from ``--backend``, else from what ``--model`` is (checkpoint: torch,
+  export folder: onnxruntime, engine folder: tensorrt); a checkpoint on a machine without
+  PyTorch falls back to onnxruntime with an export of the same model.
+- An export or engine folder for a model given as a checkpoint, a name or a model id is found
+  by its model id on the search path: the folders in ``$ILC_MODEL_PATH`` (``os.pathsep``
+  separated), then ``./engines``, then the source checkout's ``engines/`` (searched recursively
+  for manifest.json); checkpoints are looked up among the shipped ones and on the same path.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,10 +28,29 @@ import ilc_reference
 
 DEFAULT_QUALITY = 2
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: environment variable: extra folders (or files) to search for models, os.pathsep separated
+MODEL_PATH_ENV = "ILC_MODEL_PATH"
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+ONNX_FORMAT = "ilc-onnx-export"  # ilc_export.export.manifest.FORMAT
+ENGINE_FORMAT = "ilc-trt-engines"  # ilc_export.export.trt_build.FORMAT
+PRECISIONS = ("fp32", "fp16")
+#: what each backend loads
+SOURCE_KIND = {"torch": "checkpoint", "onnxruntime": "onnx", "tensorrt": "engines"}
+_KIND_BACKEND = {v: k for k, v in SOURCE_KIND.items()}
+_EXPECTED = "a checkpoint (.safetensors), an ONNX export folder, an engine folder or a shipped model name"
 
 
 class ModelNotFound(LookupError):
-    pass
+    """No model matches what was asked (a name, a quality, a model id)."""
+
+
+class ModelError(ValueError):
+    """A path given as a model is not one (wrong kind of file, damaged checkpoint)."""
+
+
+class UsageError(ValueError):
+    """Options that contradict each other or name nothing valid."""
 
 
 def checkpoint_dir() -> Path:
@@ -40,8 +75,16 @@ def shipped_qualities(kind: str = "ilc") -> list[int]:
     return sorted(out)
 
 
+def is_shipped(path: str | Path) -> bool:
+    """Is `path` one of the checkpoints shipped with the package (in its checkpoints folder)?"""
+    try:
+        return Path(path).resolve().parent == checkpoint_dir().resolve()
+    except OSError:
+        return False
+
+
 @lru_cache(maxsize=64)
-def _id_of(path: str, mtime: float) -> str:
+def _id_of(path: str, mtime: float, size: int) -> str:
     from ..codec.tables import model_id_of_file
 
     return model_id_of_file(Path(path))
@@ -55,35 +98,252 @@ def model_id(path: Path) -> str:
         if not m.exists():
             raise ModelNotFound(f"{path}: no manifest.json (not an ONNX export or engine folder)")
         return json.loads(m.read_text())["model_id"]
-    return _id_of(str(path), path.stat().st_mtime)
+    st = path.stat()
+    return _id_of(str(path), st.st_mtime, st.st_size)
 
 
 def default_engine_root() -> Path:
     return PROJECT_ROOT / "engines"
 
 
-def find_model(model_id_hex: str, backend: str, search: list[Path] | None = None) -> Path:
-    """Find the checkpoint (torch) or export/engine folder (others) that has this model id."""
-    candidates: list[Path] = []
-    if backend == "torch":
-        candidates += sorted(checkpoint_dir().glob("*.safetensors"))
-    roots = list(search or []) + [default_engine_root()]
-    for root in roots:
-        root = Path(root)
-        if root.is_file():
-            candidates.append(root)
-        elif root.is_dir():
-            want = {"onnxruntime": "forward.onnx", "tensorrt": "forward.engine"}.get(backend)
-            candidates += [m.parent for m in sorted(root.rglob("manifest.json"))
-                           if want is None or any(m.parent.glob(want.split(".")[0] + "*." + want.split(".")[1]))]
-    for c in candidates:
+def search_roots(extra: list[Path] | None = None) -> list[Path]:
+    """Where models are looked up by id, in order: `extra`, $ILC_MODEL_PATH, ./engines, the
+    source checkout's engines/ (existing entries only, each once)."""
+    roots = [Path(p) for p in (extra or [])]
+    roots += [Path(p) for p in os.environ.get(MODEL_PATH_ENV, "").split(os.pathsep) if p]
+    roots += [Path("engines"), default_engine_root()]
+    out, seen = [], set()
+    for r in roots:
         try:
-            if model_id(c) == model_id_hex:
-                if backend == "torch" and c.is_dir():
-                    continue
-                return c
-        except (OSError, KeyError, ValueError, ModelNotFound):
+            key = r.resolve()
+        except OSError:
             continue
-    raise ModelNotFound(
-        f"no {backend} model with id {model_id_hex} found (searched shipped checkpoints and {', '.join(map(str, roots))}); pass --model"
-    )
+        if key not in seen and r.exists():
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def torch_available() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def normalise_backend(backend: str | None) -> str | None:
+    """None stays None (choose automatically); aliases map to names; anything else is an error."""
+    if backend is None or backend == "auto":
+        return None
+    name = ALIASES.get(backend.lower(), backend.lower())
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
+                         "(or leave --backend out to pick one)")
+    return name
+
+
+# -- what a path is --------------------------------------------------------------------------
+def _manifest_format(folder: Path) -> str | None:
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return m.get("format") if isinstance(m, dict) else None
+
+
+def source_kind(path: str | Path) -> str:
+    """'checkpoint', 'onnx' or 'engines' for a model path; ModelError naming the path otherwise.
+
+    A checkpoint is checked without torch: a safetensors header with the model config, codec
+    tables, and every tensor inside the file (its model id is computed)."""
+    path = Path(path)
+    if path.name == "manifest.json" and path.is_file():
+        path = path.parent
+    if not path.exists():
+        raise ModelError(f"{path}: no such file or folder (expected {_EXPECTED})")
+    if path.is_dir():
+        fmt = _manifest_format(path)
+        if fmt == ONNX_FORMAT:
+            return "onnx"
+        if fmt == ENGINE_FORMAT:
+            return "engines"
+        if not (path / "manifest.json").exists():
+            raise ModelError(f"{path}: folder has no manifest.json (expected an ONNX export folder from "
+                             "`ilc-export onnx` or an engine folder from `ilc-export trt`)")
+        raise ModelError(f"{path}: manifest.json is not an ILC ONNX export or engine manifest")
+    check_checkpoint(path)
+    return "checkpoint"
+
+
+def check_checkpoint(path: Path) -> None:
+    """ModelError unless `path` is a safetensors ILC checkpoint with codec tables (torch-free)."""
+    from ..codec.tables import TABLE_PREFIX
+
+    what = f"{path}: not an ILC checkpoint (expected a .safetensors file from ilc-train or `ilc-export tables`)"
+    if not path.exists():
+        raise ModelError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise ModelError(f"{what}: a folder")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= min(path.stat().st_size - 8, 100 * 2**20):
+                raise ModelError(f"{what}: not a safetensors file")
+            header = json.loads(f.read(n))
+    except (UnicodeDecodeError, ValueError) as e:
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"{what}: not a safetensors file") from None
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise ModelError(f"{what}: safetensors file without an ILC model config")
+    if not any(k.startswith(TABLE_PREFIX) for k in header):
+        raise ModelError(f"{path}: checkpoint has no codec tables; run `ilc-export tables --ckpt {path}`")
+    try:
+        model_id(path)  # every tensor must lie inside the file (a truncated download fails here)
+    except ValueError as e:
+        raise ModelError(f"{what}: {str(e).removeprefix(f'{path}: ')}") from None
+
+
+def checkpoint_name(path: Path) -> str:
+    """The model name in a checkpoint's config (the file's stem when it has none); torch-free."""
+    check_checkpoint(Path(path))
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        meta = json.loads(f.read(n)).get("__metadata__") or {}
+    try:
+        name = json.loads(meta["config"]).get("name")
+    except (ValueError, AttributeError, KeyError):
+        name = None
+    return name if isinstance(name, str) and name and "/" not in name else Path(path).stem
+
+
+def _shipped_by_name(name: str) -> Path | None:
+    p = checkpoint_dir() / f"{name}.safetensors"
+    return p if "/" not in name and os.sep not in name and p.is_file() else None
+
+
+def _manifest_precision_ok(folder: Path, kind: str, precision: str | None) -> bool:
+    if precision is None:
+        return True
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if kind == "onnx":
+        return precision in (m.get("precisions") or {})
+    return m.get("precision", "fp32") == precision
+
+
+def _candidates(kind: str, roots: list[Path], precision: str | None) -> list[Path]:
+    out: list[Path] = []
+    if kind == "checkpoint":
+        out += sorted(checkpoint_dir().glob("*.safetensors"))
+    want = ONNX_FORMAT if kind == "onnx" else ENGINE_FORMAT
+    for root in roots:
+        if root.is_file():
+            if kind == "checkpoint" and root.suffix == ".safetensors":
+                out.append(root)
+            elif root.name == "manifest.json" and _manifest_format(root.parent) == want:
+                out.append(root.parent)
+            continue
+        if kind == "checkpoint":
+            out += sorted(root.rglob("*.safetensors"))
+        else:
+            out += [m.parent for m in sorted(root.rglob("manifest.json"))
+                    if _manifest_format(m.parent) == want and _manifest_precision_ok(m.parent, kind, precision)]
+    return out
+
+
+def find_model(model_id_hex: str, backend: str | None, search: list[Path] | None = None,
+               precision: str | None = None) -> tuple[str, Path]:
+    """(backend, source) for a model id: the checkpoint (torch), ONNX export folder
+    (onnxruntime) or engine folder (tensorrt) holding it. backend None: torch when PyTorch is
+    installed and a checkpoint is found, else onnxruntime, else tensorrt."""
+    roots = search_roots(search)
+    if backend is None:
+        order = (["torch"] if torch_available() and precision is None else []) + ["onnxruntime", "tensorrt"]
+    else:
+        order = [backend]
+    for be in order:
+        kind = SOURCE_KIND[be]
+        for c in _candidates(kind, roots, precision if be != "torch" else None):
+            try:
+                if model_id(c) == model_id_hex:
+                    return be, c
+            except (OSError, KeyError, ValueError, ModelNotFound):
+                continue
+    where = ", ".join(str(r) for r in roots) or "no search folders exist"
+    what = f"no {backend} model" if backend else "no model"
+    prec = f" with {precision} graphs" if precision and backend != "torch" else ""
+    hint = ""
+    if backend is None and not torch_available():
+        hint = " (PyTorch is not installed: an ONNX export of the model is needed; export one with `ilc-export onnx`)"
+    raise ModelNotFound(f"{what} with id {model_id_hex}{prec} found (searched shipped checkpoints and {where}; "
+                        f"add folders with {MODEL_PATH_ENV}){hint}; pass --model")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    backend: str
+    source: Path
+    name: str  # a short name for messages: the shipped name, else the path
+
+
+def resolve(model: str | Path | None = None, quality: int | None = None, backend: str | None = None,
+            precision: str | None = None, search: list[Path] | None = None) -> Resolved:
+    """Apply the module's rule: which backend loads which file for these options."""
+    backend = normalise_backend(backend)
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if model is not None and quality is not None:
+        raise UsageError("give either --model or --quality, not both (--quality picks a shipped model)")
+    if precision == "fp16" and backend == "torch":
+        raise UsageError("--precision fp16 needs --backend onnxruntime or tensorrt (the torch backend runs fp32)")
+    if model is None:
+        q = DEFAULT_QUALITY if quality is None else quality
+        have = shipped_qualities()
+        if q not in have:
+            raise UsageError(f"no shipped quality {q}; shipped qualities: {', '.join(map(str, have)) or 'none'}")
+        model, name = shipped_checkpoint(q), f"ilc-q{q}"
+    else:
+        shipped = _shipped_by_name(str(model)) if not Path(model).exists() else None
+        model, name = (shipped, str(model)) if shipped is not None else (Path(model), str(model))
+    kind = source_kind(model)
+    if kind != "checkpoint":
+        be = _KIND_BACKEND[kind]
+        if backend is not None and backend != be:
+            what = "an ONNX export folder" if kind == "onnx" else "a TensorRT engine folder"
+            raise UsageError(f"{model} is {what}: it runs on --backend {be}, not {backend}")
+        return Resolved(be, Path(model), name)
+    if backend == "torch" or (backend is None and torch_available() and precision is None):
+        if not torch_available():
+            raise UsageError("the torch backend needs PyTorch, which is not installed: pip install "
+                             "'torch==2.13.0' (CPU build), or use --backend onnxruntime with an ONNX export")
+        return Resolved("torch", Path(model), name)
+    # a checkpoint for another backend: its export / engines, found by id
+    mid = model_id(model)
+    try:
+        be, src = find_model(mid, backend or "onnxruntime", search, precision)
+    except ModelNotFound:
+        if backend is None and precision is None:
+            try:
+                be, src = find_model(mid, "tensorrt", search, precision)
+                return Resolved(be, src, name)
+            except ModelNotFound:
+                pass
+        be = backend or "onnxruntime"
+        need = "ONNX export" if be == "onnxruntime" else "TensorRT engine folder"
+        how = "`ilc-export onnx --ckpt " + str(model) + (" --fp16`" if precision == "fp16" else "`") \
+            if be == "onnxruntime" else f"`ilc-export trt --ckpt {model}" + (" --fp16`" if precision == "fp16" else "`")
+        why = "PyTorch is not installed, so " if backend is None and not torch_available() else ""
+        prec = f" with {precision} graphs" if precision else ""
+        where = ", ".join(str(r) for r in search_roots(search)) or "./engines (missing)"
+        raise ModelNotFound(
+            f"{why}{name} needs an {need}{prec}, and none with its id ({mid}) was found in {where}: make one "
+            f"with {how}, put it under ./engines or on {MODEL_PATH_ENV}, or pass --model FOLDER"
+        ) from None
+    return Resolved(be, src, name)

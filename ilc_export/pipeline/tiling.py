@@ -120,7 +120,15 @@ def tile_z(shape: tuple[int, ...], seed: int | None, temperature: float, index: 
 
 
 def tile_shapes(cfg, tiles: list[Tile]) -> list[dict[str, tuple[int, int, int]]]:
-    return [latent_shape(cfg, t.height, t.width) for t in tiles]
+    """latent_shape per tile; a model without a z (the conv baseline) gets a z of 0 channels,
+    the shape its inverse graph declares (``onnx_export.graph_io``)."""
+    out = []
+    for t in tiles:
+        sh = latent_shape(cfg, t.height, t.width)
+        if cfg.kind != "ilc":
+            sh = {**sh, "z": (0, *sh["z"][1:])}
+        out.append(sh)
+    return out
 
 
 def check_streams(entropy, tiles: list[Tile], shapes: list[dict], streams: list[bytes]) -> None:

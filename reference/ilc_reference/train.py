@@ -2,16 +2,23 @@
 
     python -m ilc_reference.train --data DIR [DIR ...] --out runs/ilc_q2 --lmbda 0.0067 --steps 20000
 
-Runs on CPU or CUDA unchanged. Every --ckpt-every steps it writes a training state
-(model, optimizer, RNG states, step) atomically; rerunning the same command resumes
-exactly where it stopped. A JSONL log records loss/bpp/PSNR per step.
+Runs on CPU or CUDA unchanged. Every --ckpt-every steps (and every --ckpt-every-s seconds) it
+writes a training state (model, Adam moments, RNG states, step, wall) atomically as state.json
+plus parts of at most --state-part-mib; rerunning the same command resumes exactly where it
+stopped (a legacy state.pt resumes too). SIGTERM/SIGINT save and stop; --deadline-s stops with
+a checkpoint before a wall-clock limit. A JSONL log records loss/bpp/PSNR per step.
+
+GPU speed-ups, all off by default: --amp, --channels-last, --fused-adam, --compile,
+--prefetch (see ilc_reference.speedups for what runs in low precision).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import queue
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,8 +29,10 @@ from PIL import Image
 from .checkpoint import save_checkpoint
 from .config import ModelConfig
 from .model import build_model
+from .trainstate import load_state, save_state
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
+MIB = 1 << 20
 
 
 def load_images(dirs: list[str], crop: int) -> list[np.ndarray]:
@@ -37,6 +46,8 @@ def load_images(dirs: list[str], crop: int) -> list[np.ndarray]:
             a = np.asarray(im.convert("RGB"))
         if min(a.shape[:2]) >= crop:
             imgs.append(a)
+    if not imgs:
+        raise SystemExit(f"no image under {dirs} is at least {crop} px on its short side")
     return imgs
 
 
@@ -65,105 +76,344 @@ def sample_batch(imgs, rng: np.random.Generator, batch: int, crop: int) -> torch
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _atomic_torch_save(obj, path: Path):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class BatchSource:
+    """Training crops drawn from one run's numpy RNG, optionally prepared ahead in a thread.
+
+    The RNG state saved with a checkpoint is the one right after the last batch the trainer
+    consumed (not the producer's, which runs ahead), so prefetching changes no batch and a
+    resume stays exact.
+    """
+
+    def __init__(self, imgs, rng: np.random.Generator, args, prefetch: int = 0, pin: bool = False):
+        self.imgs, self.rng, self.args, self.pin = imgs, rng, args, pin
+        self.consumed_state = rng.bit_generator.state
+        self.q: queue.Queue | None = None
+        if prefetch > 0:
+            self.q = queue.Queue(maxsize=prefetch)
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._produce, daemon=True)
+            self.thread.start()
+
+    def _make(self):
+        bsz, crop = batch_geometry(self.rng, self.args.crop, self.args.batch, self.args.pixels)
+        x = sample_batch(self.imgs, self.rng, bsz, crop)
+        if self.pin:
+            x = x.pin_memory()
+        return x, self.rng.bit_generator.state
+
+    def _produce(self):
+        while not self.stop.is_set():
+            item = self._make()
+            while not self.stop.is_set():
+                try:
+                    self.q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+
+    def next(self) -> torch.Tensor:
+        x, self.consumed_state = self.q.get() if self.q is not None else self._make()
+        return x
+
+    def close(self):
+        if self.q is not None:
+            self.stop.set()
+            self.thread.join()
+            self.q = None
+
+
+class Trainer:
+    """One model's training: model, optimizer, its own RNG streams, batches, checkpoints.
+
+    Each trainer swaps its own torch (and CUDA) RNG state in around its forward pass, so the
+    noise a model draws depends only on its own history: several trainers can share one
+    process in any interleaving and each still resumes exactly.
+    """
+
+    def __init__(self, args, images: dict | None = None):
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.cuda = self.device.type == "cuda"
+        self.notes: list[str] = []
+        state = load_state(self.out)
+        if state is not None:
+            cfg = ModelConfig.from_dict(state["config"])
+            self.notes.append(f"resuming {self.out} at step {state['step']}"
+                              + ("" if state.get("_exact", True) else " (approximate: compacted Adam moments)"))
+        else:
+            base = json.loads(Path(args.config).read_text()) if args.config else {}
+            if isinstance(base.get("config"), dict):  # a checkpoint's .json sidecar
+                base = base["config"]
+            cfg = ModelConfig.from_dict({**base, "kind": args.kind, "name": args.name or self.out.name})
+            if args.lmbda is not None:
+                cfg.lmbda = args.lmbda
+        self.cfg = cfg
+        torch.manual_seed(args.seed)  # initial weights depend only on the seed
+        self.model = build_model(cfg).to(self.device)
+        if args.channels_last:
+            from .speedups import to_channels_last
+
+            to_channels_last(self.model)
+        self.opt = self._make_optimizer()
+        self.rng = np.random.default_rng(args.seed)
+        self.step_no = 0
+        self.wall_before = 0.0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            if "opt" in state:
+                self.opt.load_state_dict(state["opt"])
+            self.rng.bit_generator.state = state["np_rng"]
+            self.torch_rng = state["torch_rng"]
+            random.setstate(state["py_rng"])
+            self.step_no = state["step"]
+            self.wall_before = state["wall"]
+            cuda_rng = state.get("cuda_rng") if self.cuda else None
+        else:
+            torch.manual_seed(args.seed)
+            random.seed(args.seed)
+            self.torch_rng = torch.get_rng_state()
+            cuda_rng = None
+            if args.init:
+                from safetensors.torch import load_file
+
+                sd = {k: v for k, v in load_file(args.init).items() if not k.startswith("tables.")}
+                self.model.load_state_dict(sd)
+                self.notes.append(f"initialised from {args.init}")
+        if self.cuda:
+            if cuda_rng is None:  # fresh, or a state from a CPU run: a CUDA stream seeded like the CPU one
+                g = torch.Generator(device=self.device)
+                g.manual_seed(args.seed)
+                cuda_rng = g.get_state()
+            self.cuda_rng = cuda_rng
+        for g in self.opt.param_groups:
+            g["lr"] = args.lr
+        self.scaler = None
+        if args.amp != "off":
+            from .speedups import apply_amp
+
+            if args.amp == "fp16":
+                self.scaler = torch.amp.GradScaler(self.device.type)
+                if state is not None and state.get("scaler"):
+                    self.scaler.load_state_dict(state["scaler"])
+            n = apply_amp(self.model, args.amp, self.device)
+            if self.device.type == "cpu":
+                self.notes.append(f"--amp {args.amp} on CPU: runs, but is meant for GPUs (usually slower here)")
+            self.notes.append(f"amp {args.amp}: {n} conv stacks in low precision")
+        if args.compile:
+            from .speedups import compile_model
+
+            self.notes.append(f"torch.compile: {compile_model(self.model, args.compile_mode, args.compile_backend)} modules")
+        key = (tuple(args.data), max(args.crop))
+        if images is not None and key in images:
+            imgs = images[key]
+        else:
+            imgs = load_images(args.data, max(args.crop))
+            if images is not None:
+                images[key] = imgs
+        pin = self.cuda and args.prefetch > 0
+        self.batches = BatchSource(imgs, self.rng, args, prefetch=args.prefetch, pin=pin)
+        if state is not None:
+            trim_log(self.out / "log.jsonl", self.step_no)
+        self.log = open(self.out / "log.jsonl", "a")
+        self.model.train()
+        self.t0 = time.time()
+        self.last_save_t = self.t0
+        self.saved_step = self.step_no
+        self.step_ewma = None
+        # until a save is timed: a state is ~3x the weights, written (and hashed) at >= ~100 MB/s
+        self.save_ewma = 0.2 + 3 * sum(p.numel() * p.element_size() for p in self.model.parameters()) / 100e6
+        self.last_stats: dict = {}
+        self.last_pixels = 0
+
+    def _make_optimizer(self):
+        kw = {}
+        if self.args.fused_adam:
+            kw["fused"] = True
+        try:
+            return torch.optim.Adam(self.model.parameters(), lr=self.args.lr, **kw)
+        except (RuntimeError, ValueError) as e:  # fused not supported on this device/build
+            self.notes.append(f"--fused-adam unavailable here ({e}); using the default Adam")
+            return torch.optim.Adam(self.model.parameters(), lr=self.args.lr)
+
+    @property
+    def wall(self) -> float:
+        return self.wall_before + time.time() - self.t0
+
+    @property
+    def done(self) -> bool:
+        return self.step_no >= self.args.steps
+
+    def _rng_in(self):
+        torch.set_rng_state(self.torch_rng)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+
+    def _rng_out(self):
+        self.torch_rng = torch.get_rng_state()
+        if self.cuda:
+            self.cuda_rng = torch.cuda.get_rng_state(self.device)
+
+    def step(self) -> dict:
+        """One optimisation step; returns the logged stats."""
+        t = time.time()
+        x = self.batches.next().to(self.device, non_blocking=True)
+        if self.args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self._rng_in()
+        try:
+            res = self.model(x)
+        finally:
+            self._rng_out()
+        loss, stats = self.model.loss(x, res)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+        self.step_no += 1
+        self.last_pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        stats["step"] = self.step_no
+        stats["wall"] = round(self.wall, 2)
+        self.log.write(json.dumps(stats) + "\n")
+        dt = time.time() - t
+        self.step_ewma = dt if self.step_ewma is None else 0.8 * self.step_ewma + 0.2 * dt
+        self.last_stats = stats
+        return stats
+
+    def want_checkpoint(self) -> bool:
+        a = self.args
+        if self.step_no == self.saved_step:
+            return False
+        return (self.step_no % a.ckpt_every == 0 or self.done
+                or bool(a.ckpt_every_s and time.time() - self.last_save_t >= a.ckpt_every_s))
+
+    def time_needed(self) -> float:
+        """Seconds the next step plus a final checkpoint will take (a safe estimate)."""
+        return 1.5 * (self.step_ewma or 0.0) + 1.5 * self.save_ewma + 0.5
+
+    def save(self):
+        t = time.time()
+        self.log.flush()
+        state = {
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(), "np_rng": self.batches.consumed_state,
+            "torch_rng": self.torch_rng, "py_rng": random.getstate(), "step": self.step_no,
+            "config": json.loads(self.cfg.to_json()), "wall": self.wall,
+        }
+        if self.cuda:
+            state["cuda_rng"] = self.cuda_rng
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        save_state(self.out, state, part_bytes=int(self.args.state_part_mib * MIB), moments=self.args.state_moments)
+        a = self.args
+        save_checkpoint(self.model, self.out / "model", info={
+            "steps": self.step_no, "wall_s": round(self.wall), "lmbda": self.cfg.lmbda,
+            "data": [str(d) for d in a.data], "crop": a.crop, "batch": a.batch, "pixels": a.pixels, "device": str(self.device),
+        })
+        self.saved_step = self.step_no
+        self.last_save_t = time.time()
+        self.save_ewma = max(self.save_ewma * 0.5, self.last_save_t - t)
+
+    def close(self):
+        if self.step_no != self.saved_step:
+            self.save()
+        self.batches.close()
+        self.log.close()
+
+
+def trim_log(path: Path, step: int):
+    """Drop log records after the resumed step (and a torn last line): steps a hard kill lost."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(r.get("step", 0)) <= step and line.endswith("\n"):
+            keep.append(line)
+    if keep != lines:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT so the loop can checkpoint and leave (installed in the main thread only)."""
+
+    def __init__(self):
+        self.set = False
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def restore(self):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        self.old = {}
+
+
+def deadline_of(args, start: float) -> float | None:
+    """Absolute time (epoch s) by which training must have saved and stopped."""
+    ends = []
+    if getattr(args, "deadline_at", None):
+        ends.append(args.deadline_at)
+    if getattr(args, "deadline_s", None):
+        ends.append(start + args.deadline_s)
+    return min(ends) if ends else None
 
 
 def train(args) -> Path:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state.pt"
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    start = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        cfg = ModelConfig.from_dict(state["config"])
-        print(f"resuming {out} at step {state['step']}")
-    else:
-        state = None
-        base = json.loads(Path(args.config).read_text()) if args.config else {}
-        cfg = ModelConfig.from_dict({**base, "kind": args.kind, "name": args.name or out.name})
-        if args.lmbda is not None:
-            cfg.lmbda = args.lmbda
-    torch.manual_seed(args.seed)  # initial weights depend only on the seed
-    model = build_model(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    rng = np.random.default_rng(args.seed)
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = state["np_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["py_rng"])
-        step = state["step"]
-    else:
-        torch.manual_seed(args.seed)
-        random.seed(args.seed)
-        if args.init:
-            from safetensors.torch import load_file
-
-            sd = {k: v for k, v in load_file(args.init).items() if not k.startswith("tables.")}
-            model.load_state_dict(sd)
-            print(f"initialised from {args.init}")
-    for g in opt.param_groups:
-        g["lr"] = args.lr
-
-    imgs = load_images(args.data, max(args.crop))
-    log = open(out / "log.jsonl", "a")
-    model.train()
-    t0 = time.time()
-    wall_before = state["wall"] if state else 0.0
+    tr = Trainer(args)
+    for n in tr.notes:
+        print(n)
+    stop = StopFlag()
+    deadline = deadline_of(args, start)
+    stop_at = time.time() + args.max_minutes * 60 if args.max_minutes else None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    stop_at = time.time() + args.max_minutes * 60 if args.max_minutes else None
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=args.quiet) as prog:
-        task = prog.add_task(out.name, total=args.steps, completed=step, stats="")
-        while step < args.steps:
-            bsz, crop = batch_geometry(rng, args.crop, args.batch, args.pixels)
-            x = sample_batch(imgs, rng, bsz, crop).to(device)
-            res = model(x)
-            loss, stats = model.loss(x, res)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            stats["step"] = step
-            stats["wall"] = round(wall_before + time.time() - t0, 2)
-            log.write(json.dumps(stats) + "\n")
-            prog.update(task, completed=step, stats=f"bpp {stats['bpp']:.3f} psnr {stats['psnr']:.2f}")
-            last = step == args.steps or (stop_at is not None and time.time() > stop_at)
-            if step % args.ckpt_every == 0 or last:
-                log.flush()
-                _atomic_torch_save({
-                    "model": model.state_dict(), "opt": opt.state_dict(), "np_rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "step": step,
-                    "config": json.loads(cfg.to_json()), "wall": wall_before + time.time() - t0,
-                }, state_path)
-                save_checkpoint(model.cpu(), out / "model", info={
-                    "steps": step, "wall_s": round(wall_before + time.time() - t0), "lmbda": cfg.lmbda,
-                    "data": [str(d) for d in args.data], "crop": args.crop, "batch": args.batch, "pixels": args.pixels, "device": str(device),
-                })
-                model.to(device)
-            if stop_at is not None and time.time() > stop_at:
-                break
-    log.close()
-    return out / "model.safetensors"
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=args.quiet) as prog:
+            task = prog.add_task(tr.out.name, total=args.steps, completed=tr.step_no, stats="")
+            while not tr.done and not stop.set:
+                if deadline is not None and time.time() + tr.time_needed() > deadline:
+                    break
+                stats = tr.step()
+                prog.update(task, completed=tr.step_no, stats=f"bpp {stats['bpp']:.3f} psnr {stats['psnr']:.2f}")
+                over = stop_at is not None and time.time() > stop_at
+                if tr.want_checkpoint() or over:
+                    tr.save()
+                if over:
+                    break
+    finally:
+        tr.close()
+        stop.restore()
+    return tr.out / "model.safetensors"
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", required=True, help="image folders (searched recursively)")
-    p.add_argument("--out", required=True, help="run folder (state.pt, model.safetensors, log.jsonl)")
+    p.add_argument("--out", required=True, help="run folder (state.json + parts, model.safetensors, log.jsonl)")
     p.add_argument("--kind", default="ilc", choices=["ilc", "baseline"])
     p.add_argument("--name", default=None)
-    p.add_argument("--config", default=None, help="JSON with ModelConfig fields")
+    p.add_argument("--config", default=None, help="JSON with ModelConfig fields (or a checkpoint's .json sidecar)")
     p.add_argument("--lmbda", type=float, default=None)
     p.add_argument("--init", default=None, help="start from these weights (e.g. another quality)")
     p.add_argument("--steps", type=int, default=20000)
@@ -175,11 +425,52 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--ckpt-every-s", type=float, default=0, help="also checkpoint after this many seconds (0 = off)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="stop early enough to have saved within this many seconds of the start")
+    p.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)  # absolute epoch, for launchers
+    p.add_argument("--state-part-mib", type=float, default=0, help="split the state into files of at most this (0 = one file)")
+    p.add_argument("--state-moments", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16 stores Adam moments compactly (resume is then approximate)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (see speedups.py)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and batches")
+    p.add_argument("--fused-adam", action="store_true", help="fused Adam kernel where supported")
+    p.add_argument("--compile", action="store_true", help="torch.compile the couplings / baseline transforms")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # "eager": tests trace without codegen
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="batches prepared ahead in a thread (pinned memory on CUDA); 0 = inline")
     p.add_argument("--quiet", action="store_true")
-    train(p.parse_args(argv))
+    return p
+
+
+def argv_from_dict(d: dict) -> list[str]:
+    """{flag_name: value} (plan files) -> command-line arguments of this trainer."""
+    argv = []
+    for k, v in d.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            if v:
+                argv.append(flag)
+        elif v is None:
+            continue
+        elif isinstance(v, (list, tuple)):
+            argv += [flag, *map(str, v)]
+        else:
+            argv += [flag, str(v)]
+    return argv
+
+
+def args_from_dict(d: dict) -> argparse.Namespace:
+    """Parse a run described as {flag_name: value} through the CLI parser (same defaults, same checks)."""
+    return build_parser().parse_args(argv_from_dict(d))
+
+
+def main(argv=None):
+    train(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
