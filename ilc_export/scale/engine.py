@@ -29,19 +29,24 @@ ENGINES = ("local", "ray")
 class Job:
     """What every item of a batch gets done to. Picklable: shipped once to each worker.
 
-    ``model`` None means: compress with the shipped ``quality``; decompress with the model
-    whose id is in each file (looked up on the worker). Eval items name their own model, one
-    of ``models``.
+    ``model`` (a path or shipped name; ``pipeline.models.resolve``) None means: compress with
+    the shipped ``quality``; decompress with the model whose id is in each file (looked up on
+    the worker, in ``search`` first). Eval items name their own model, one of ``models``.
+    ``backend`` None chooses as ``resolve`` does; front ends resolve it first, so that every
+    worker runs the backend the caller saw.
     """
 
     kind: str
-    backend: str = "torch"
+    backend: str | None = "torch"
     model: str | None = None
     quality: int | None = None
+    precision: str | None = None
     options: dict = field(default_factory=dict)  # backend options, e.g. {"threads": 1}
     z_seed: int | None = None
-    z_temperature: float = 0.0
+    z_temperature: float | None = None
     tile: int | None = None
+    overwrite: bool = True  # False: an output that exists (or appears meanwhile) is that file's error
+    max_pixels: int | None = None  # Pillow's image-size limit in the worker (None: as it is; 0: none)
     search: list[str] | None = None  # decompress: extra folders to find models in
     models: list[str] | None = None  # eval: the models items name, opened by warm()
 
@@ -154,8 +159,8 @@ class Worker:
         """Open the model now (not on the first file), so a wrong model fails before the batch."""
         if self.job.kind == "compress":
             self._codec(None)
-        elif self.job.kind == "decompress" and self.job.model is not None:
-            self._decoders()(b"")
+        elif self.job.kind == "decompress":
+            self._decoders()  # opens --model now; without one, models load by the id in each file
         elif self.job.kind == "eval":
             for m in self.job.models or []:
                 self._codec(Path(m))
@@ -169,7 +174,8 @@ class Worker:
             if key not in self._codecs:
                 src = model if model is not None else self.job.model
                 try:
-                    self._codecs[key] = open_codec(src, self.job.quality, self.job.backend, **self.job.options)
+                    self._codecs[key] = open_codec(src, None if model is not None else self.job.quality,
+                                                   self.job.backend, self.job.precision, **self.job.options)
                 except Exception as e:  # a model that cannot load fails every file at once, not once per file
                     self._codecs[key] = e
             got = self._codecs[key]
@@ -184,7 +190,8 @@ class Worker:
             if "decoders" not in self._codecs:
                 search = [Path(p) for p in self.job.search] if self.job.search else None
                 model = Path(self.job.model) if self.job.model is not None else None
-                self._codecs["decoders"] = CodecCache(model, self.job.backend, search, **self.job.options)
+                self._codecs["decoders"] = CodecCache(model, self.job.backend, search, precision=self.job.precision,
+                                                      **self.job.options)
             return self._codecs["decoders"]
 
     def _model_id(self, model: Path) -> str:
@@ -207,13 +214,16 @@ class Worker:
             if self.job.kind == "compress":
                 from ..pipeline.api import compress_file
 
-                res.value = compress_file(self._codec(None), Path(item.src), Path(item.dst), z_seed=self.job.z_seed,
-                                          z_temperature=self.job.z_temperature, tile=self.job.tile)
+                zopts = {} if self.job.z_seed is None else {"z_seed": self.job.z_seed,
+                                                             "z_temperature": self.job.z_temperature}
+                res.value = compress_file(self._codec(None), Path(item.src), Path(item.dst),
+                                          overwrite=self.job.overwrite, tile=self.job.tile, **zopts)
                 res.error = res.value.error
             elif self.job.kind == "decompress":
                 from ..pipeline.api import decompress_file
 
-                res.value = decompress_file(self._decoders(), Path(item.src), Path(item.dst))
+                res.value = decompress_file(self._decoders(), Path(item.src), Path(item.dst),
+                                            overwrite=self.job.overwrite)
                 res.error = res.value.error
             else:
                 from ..verify.rd import evaluate_image

@@ -48,9 +48,16 @@ class _Actor:
     then decompress, then eval) without paying the process and import start-up again."""
 
     def __init__(self):
+        from PIL import Image
+
         self._workers: dict[str, Worker] = {}
+        self._max_pixels = Image.MAX_IMAGE_PIXELS  # Pillow's default, restored for jobs that set none
 
     def _worker(self, job: Job) -> Worker:
+        from PIL import Image
+
+        # the CLI sets Pillow's limit in its own process (--max-pixels); an actor sets it per job
+        Image.MAX_IMAGE_PIXELS = self._max_pixels if job.max_pixels is None else (job.max_pixels or None)
         key = repr(job)
         if key not in self._workers:
             self._workers[key] = Worker(job)
@@ -190,7 +197,9 @@ class RayEngine:
                     self._drop(a)
                     deaths_loading += 1
                     if deaths_loading > n * (self.max_retries + 1):  # e.g. the model crashes the process
-                        raise RuntimeError(f"Ray workers keep dying while loading the model ({type(e).__name__}); "
+                        from ..backends.base import BackendError
+
+                        raise BackendError(f"Ray workers keep dying while loading the model ({type(e).__name__}); "
                                            "see the Ray logs (/tmp/ray/session_latest/logs)") from None
                     continue
                 except ray.exceptions.RayTaskError as e:
@@ -256,7 +265,8 @@ def plan(job: Job, resources: dict, workers: int | None = None, cpus_per_worker:
     cpus = cpus_per_worker or threads or 1
     gpus = gpus_per_worker
     if gpus is None:
-        gpus = 1 if resources.get("GPU", 0) >= 1 and job.backend not in CPU_BACKENDS else 0
+        uses_gpu = job.backend is not None and job.backend not in CPU_BACKENDS
+        gpus = 1 if resources.get("GPU", 0) >= 1 and uses_gpu else 0
     if not threads:
         job = dataclasses.replace(job, options={**job.options, "threads": int(cpus)})
     n = workers
@@ -267,9 +277,12 @@ def plan(job: Job, resources: dict, workers: int | None = None, cpus_per_worker:
 
 
 def _absolute_job(job: Job) -> Job:
+    def path_or_name(m):  # a shipped model name ("ilc-q2") stays a name
+        return os.path.abspath(m) if m is not None and os.path.exists(m) else m
+
     return dataclasses.replace(
-        job, model=os.path.abspath(job.model) if job.model is not None else None,
-        models=[os.path.abspath(m) for m in job.models] if job.models else job.models,
+        job, model=path_or_name(job.model),
+        models=[path_or_name(m) for m in job.models] if job.models else job.models,
         search=[os.path.abspath(d) for d in job.search] if job.search else job.search)
 
 

@@ -149,7 +149,9 @@ def evaluate_codec(directory: Path, qualities: list[int] | None = None, models: 
             on_summary(batch.summary)
         if batch.summary.failures:
             first = next(iter(batch.summary.failures.values()))
-            raise RuntimeError(f"{len(batch.summary.failures)} of {len(items)} evaluations failed; first: {first}")
+            from ..pipeline.api import CodingError
+
+            raise CodingError(f"{len(batch.summary.failures)} of {len(items)} evaluations failed; first: {first}")
     points = [[rows[si, fi] for fi in range(len(files))] for si in range(len(sources))]
     return _summarise(name, f"ILC toolkit ({kind}), backend {backend}, real files", points)
 
