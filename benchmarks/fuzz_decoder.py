@@ -3,6 +3,7 @@ unbounded memory or a silently wrong image.
 
     python benchmarks/fuzz_decoder.py --cases 10000            # tiny random model, seed 0
     python benchmarks/fuzz_decoder.py --cases 2000 --seed 3 --model ckpt.safetensors --json out.json
+    python benchmarks/fuzz_decoder.py --cases 3000 --coder c       # the C range coder only
 
 Corpus: three valid files from the model (untiled 64x64; 8 tiles of 64x64 for a 96x200
 image; 2 tiles with a seeded z). Each case is derived from (seed, case number) alone, so a
@@ -428,7 +429,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the summary here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--coder", choices=["auto", "c", "constriction"],
+                    help="entropy coder implementation (sets ILC_ENTROPY_CODER for this run and its workers)")
     args = ap.parse_args(argv)
+    if args.coder:
+        os.environ["ILC_ENTROPY_CODER"] = args.coder
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -444,7 +449,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     records = run_watched(args, model)
     s = summarize(records, time.perf_counter() - t0)
-    print(f"fuzzed decompress: {s['cases']} cases in {s['elapsed_s']:.0f} s (seed {args.seed}; "
+    from ilc_export.codec.entropy import resolve_coder
+
+    s["entropy_coder"] = resolve_coder()
+    print(f"fuzzed decompress: {s['cases']} cases in {s['elapsed_s']:.0f} s (seed {args.seed}; coder {s['entropy_coder']}; "
           f"{s['cli_checked']} also through the CLI path)")
     print("  failures: " + ", ".join(f"{k} {v}" for k, v in s["failures"].items()))
     print("  outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(s["outcomes"].items())))

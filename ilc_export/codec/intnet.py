@@ -19,6 +19,8 @@ returns the exact integer result. floor(acc * 2**-k) of an exact integer is exac
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .tables import CodecTables
@@ -34,7 +36,7 @@ def _pixel_shuffle(x: np.ndarray) -> np.ndarray:
     return x.reshape(c, 2, 2, h, w).transpose(0, 3, 1, 4, 2).reshape(c, 2 * h, 2 * w)
 
 
-def _conv3x3_bands(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, post, out: np.ndarray) -> None:
+def _conv3x3_bands(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, post, out: np.ndarray, tag: str = "") -> None:
     """out[:, r0:r1] = post(conv3x3(x) + bias) computed in row bands (float64, exact).
 
     x: (Cin, H, W) holding exact integers; weight (Cout, Cin, 3, 3) int; bias (Cout,) int.
@@ -43,22 +45,91 @@ def _conv3x3_bands(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, post, ou
     cout = weight.shape[0]
     w2 = weight.reshape(cout, cin * 9).astype(np.float64)
     b = bias.astype(np.float64)[:, None]
-    rows = max(1, min(h, BAND_BYTES // max(1, cin * 9 * w * 8)))
+    rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, cin * 9 * w * 8))))
     # inputs are integers below 2**24 (w_hat within +-2**20, activations <= act_max < 2**24),
     # so float32 holds them exactly; bands are widened to float64 for the products
-    xp = np.zeros((cin, h + 2, w + 2), np.float32)
+    xp = _work("xp" + tag, (cin, h + 2, w + 2), np.float32)
+    xp[:, 0] = 0
+    xp[:, -1] = 0
+    xp[:, :, 0] = 0
+    xp[:, :, -1] = 0
     xp[:, 1:-1, 1:-1] = x
-    cols = np.empty((cin, 3, 3, rows, w), np.float64)
-    for r0 in range(0, h, rows):
+
+    def band(r0):
         r1 = min(h, r0 + rows)
         n = r1 - r0
-        c = cols[:, :, :, :n] if n < rows else cols
+        c = _work("cols" + tag, (cin, 3, 3, n, w), np.float64)
         for kh in range(3):
             for kw in range(3):
                 c[:, kh, kw] = xp[:, r0 + kh:r1 + kh, kw:kw + w]
-        acc = w2 @ c.reshape(cin * 9, n * w)
+        acc = _work("acc" + tag, (cout, n * w), np.float64)
+        np.matmul(w2, c.reshape(cin * 9, n * w), out=acc)
         acc += b
         out[:, r0:r1] = post(acc).reshape(cout, n, w)
+
+    _run_bands(h, rows, band)
+
+
+def entropy_threads() -> int:
+    """Threads of the integer net: $ILC_ENTROPY_THREADS, default 1. On the 2-core project
+    machine under load, 2 threads cost 15-20 % more CPU and gained no wall time (measured
+    2026-11-27, benchmarks/README.md); on an idle many-core CPU (Orin) 2-4 can help."""
+    import os
+
+    try:
+        n = int(os.environ.get(THREADS_ENV, "1"))
+    except ValueError:
+        n = 1
+    if n <= 1:
+        return 1
+    return min(n, os.cpu_count() or 1)
+
+
+THREADS_ENV = "ILC_ENTROPY_THREADS"
+_POOL: list = []
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:  # a forked child has the pool object but not its threads
+    global _POOL_LOCK
+    _POOL.clear()
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(__import__("os"), "register_at_fork"):
+    __import__("os").register_at_fork(after_in_child=_forget_pool)
+
+
+def _band_rows(h: int, rows: int) -> int:
+    """Rows per band: the memory bound, and at least one band per thread."""
+    t = entropy_threads()
+    return max(1, min(rows, -(-h // t))) if t > 1 else rows
+
+
+def _run_bands(h: int, rows: int, fn) -> None:
+    """fn(r0) for every band; bands run in parallel threads (each with one BLAS thread and
+    its own scratch arrays; numpy's GEMM, copies and the C kernels release the GIL)."""
+    starts = list(range(0, h, rows))
+    t = entropy_threads()
+    if t <= 1 or len(starts) <= 1:
+        for r0 in starts:
+            fn(r0)
+        return
+    with _POOL_LOCK:
+        if not _POOL or _POOL[0][1] != t:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if _POOL:
+                _POOL.pop()[0].shutdown(wait=False)
+            _POOL.append((ThreadPoolExecutor(max_workers=t, thread_name_prefix="ilc-intnet"), t))
+        pool = _POOL[0][0]
+
+    def job(r0):
+        with _blas_threads():
+            fn(r0)
+
+    for f in [pool.submit(job, r0) for r0 in starts]:
+        f.result()
 
 
 def _check_w_hat(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
@@ -94,7 +165,7 @@ def hidden_activations(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
 
         wt = tables.weights[layer]
         conv = np.empty((wt.shape[0],) + x.shape[1:], np.float32)  # exact: 0 <= a <= act_max < 2**24
-        _conv3x3_bands(x, wt, tables.biases[layer], post, conv)
+        _conv3x3_bands(x, wt, tables.biases[layer], post, conv, tag=str(layer))
         x = _pixel_shuffle(conv)
     return x
 
@@ -107,21 +178,226 @@ def v_int(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
     return out
 
 
+def threshold_index(thresholds: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """#{i : v >= T_i} for every element of v (float64 holding exact integers), as int64.
+
+    Same result as np.searchsorted(T, v, side="right"), several times faster for many v:
+    a guess from the mean threshold spacing, corrected by comparisons with the neighbouring
+    thresholds (exact float64 compares); what is not settled after a few rounds (uneven
+    thresholds) goes to searchsorted."""
+    t = np.asarray(thresholds, np.float64)
+    v = np.asarray(v, np.float64)
+    n = t.size
+    if n == 0:
+        return np.zeros(v.shape, np.int64)
+    if n == 1 or not (t[-1] > t[0]):
+        return np.searchsorted(t, v, side="right")
+    tp = np.concatenate([[-np.inf], t, [np.inf]])  # index g is right iff tp[g] <= v < tp[g + 1]
+    step = (t[-1] - t[0]) / (n - 1)
+    g = np.floor((v - t[0]) * (1.0 / step))
+    np.clip(g + 1, 0, n, out=g)
+    g = g.astype(np.int64)
+    for _ in range(4):
+        up = v >= tp[g + 1]
+        down = v < tp[g]
+        if not (up.any() or down.any()):
+            return g
+        g += up
+        g -= down
+    bad = (v >= tp[g + 1]) | (v < tp[g])
+    if bad.any():
+        g[bad] = np.searchsorted(t, v[bad], side="right")
+    return g
+
+
 def indices_from_v(tables: CodecTables, v: np.ndarray) -> np.ndarray:
     """Scale index = number of thresholds T_i with v >= T_i (0..S-1), uint8."""
     t = tables.thresholds.astype(np.float64)  # exact: |T| < 2**53
-    return np.searchsorted(t, v, side="right").astype(np.uint8)
+    return threshold_index(t, v).astype(np.uint8)
 
 
-def scale_indices(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
-    """Scale index (uint8, shape (M, 4h, 4w)) of every y element, bit-exact everywhere."""
+#: float32 unit roundoff (round to nearest)
+_U32 = 2.0**-24
+
+
+def _f32_layer_ok(tables: CodecTables) -> bool:
+    """The float32 fast path needs float32-exact inputs: |W| and act_max at most 2**24."""
+    w = tables.weights[2]
+    return int(np.abs(w).max(initial=0)) <= 2**24 and int(tables.act_max[1]) <= 2**24
+
+
+def _last_layer_indices_f32(tables: CodecTables, a: np.ndarray, out: np.ndarray) -> None:
+    """Scale indices of the last layer, exactly, with float32 BLAS for the bulk.
+
+    v = W a + b is computed with a float32 GEMM (inputs are exact float32 integers). For a
+    dot product of K terms evaluated in any order (FMA or not, any blocking), the error is
+    at most gamma_K * sum_i |W_i a_i| with gamma_K = K u / (1 - K u), u = 2**-24 (Higham,
+    Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5), and
+    sum_i |W_i a_i| <= ||W_o||_2 ||a_p||_2 (Cauchy-Schwarz). With B = 2 * gamma_{K+2} *
+    ||W_o|| ||a_p|| (a factor 2 of margin for the norms' own rounding), the exact v lies in
+    [v32 - B, v32 + B]; where no threshold falls in that interval the index is settled,
+    elsewhere (~0.3 % of elements on real images) v is recomputed exactly in float64
+    (products and partial sums below 2**53: CodecTables.accumulator_bounds). So the result
+    is the exact integer computation's, on any BLAS that rounds float32 operations
+    correctly (every IEEE BLAS; not one that computes sgemm in reduced precision).
+    """
+    from ._rangecoder import last_layer_post
+
+    cin, h, w = a.shape
+    wt = tables.weights[2]
+    cout = wt.shape[0]
+    k = cin * 9
+    w32 = wt.reshape(cout, k).astype(np.float32)
+    w64 = np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float64)
+    b64 = np.ascontiguousarray(tables.biases[2], dtype=np.float64)
+    gamma = (k + 2) * _U32 / (1.0 - (k + 2) * _U32)
+    wscale = np.sqrt((w64 * w64).sum(axis=1)) * (2.0 * gamma)
+    t = np.ascontiguousarray(tables.thresholds, dtype=np.float64)
+    xp = _work("xp32", (cin, h + 2, w + 2), np.float32)
+    xp[:, 0] = 0
+    xp[:, -1] = 0
+    xp[:, :, 0] = 0
+    xp[:, :, -1] = 0
+    xp[:, 1:-1, 1:-1] = a
+    # per-pixel sum of squares over channels, then its 3x3 box sum = ||im2col column||^2
+    sq = np.zeros((h + 2, w + 2), np.float64)
+    a64 = a.astype(np.float64)
+    sq[1:-1, 1:-1] = np.einsum("chw,chw->hw", a64, a64)
+    del a64
+    rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, k * w * 4))))
+
+    def band(r0):
+        r1 = min(h, r0 + rows)
+        n = r1 - r0
+        c = _work("cols32", (cin, 3, 3, n, w), np.float32)
+        for kh in range(3):
+            for kw in range(3):
+                c[:, kh, kw] = xp[:, r0 + kh:r1 + kh, kw:kw + w]
+        c2 = c.reshape(k, n * w)
+        v = _work("v32", (cout, n * w), np.float32)
+        np.matmul(w32, c2, out=v)
+        box = np.zeros((n, w), np.float64)
+        for kh in range(3):
+            for kw in range(3):
+                box += sq[r0 + kh:r1 + kh, kw:kw + w]
+        colnorm = np.sqrt(box.reshape(n * w) * (1.0 + 1e-12))
+        g = np.empty((cout, n * w), np.uint8)
+        last_layer_post(v, b64, wscale, colnorm, t, g, xp, cin, h + 2, w + 2, r0, w64)
+        out[:, r0:r1] = g.reshape(cout, n, w)
+
+    _run_bands(h, rows, band)
+
+
+_LOCAL = threading.local()
+
+#: BLAS threads the integer net uses (the calling thread only): $ILC_ENTROPY_BLAS_THREADS,
+#: default 1. OpenBLAS's worker threads spin-wait; on a busy machine (or beside another
+#: busy runtime) two of them made the net 5x slower than one.
+BLAS_THREADS_ENV = "ILC_ENTROPY_BLAS_THREADS"
+_BLAS_SETTER: list = []
+
+
+def _openblas_local_setter():
+    """OpenBLAS's openblas_set_num_threads_local (>= 0.3.27; per calling thread, returns the
+    previous value) from the library numpy loaded, or None (other BLAS, older OpenBLAS)."""
+    if _BLAS_SETTER:
+        return _BLAS_SETTER[0]
+    fn = None
+    try:
+        import ctypes
+
+        paths = []
+        try:
+            with open("/proc/self/maps") as f:
+                paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln})
+        except OSError:
+            pass
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+                fn = lib.openblas_set_num_threads_local
+            except (OSError, AttributeError):
+                continue
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_int]
+            break
+    except Exception:  # noqa: BLE001 - an optimisation only
+        fn = None
+    _BLAS_SETTER.append(fn)
+    return fn
+
+
+class _blas_threads:
+    """Context manager: the calling thread's OpenBLAS thread count (no-op elsewhere)."""
+
+    def __init__(self, n: int | None = None):
+        import os
+
+        if n is None:
+            try:
+                n = int(os.environ.get(BLAS_THREADS_ENV, "1"))
+            except ValueError:
+                n = 1
+        self.n = n
+        self.prev = None
+
+    def __enter__(self):
+        fn = _openblas_local_setter() if self.n > 0 else None
+        if fn is not None:
+            self.prev = fn(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev is not None:
+            _openblas_local_setter()(self.prev)
+
+
+def _work(name: str, shape: tuple, dtype) -> np.ndarray:
+    """A per-thread scratch array reused between calls (fresh large arrays cost page faults
+    that, on a busy machine, took longer than the GEMMs themselves). Contents are garbage."""
+    cache = getattr(_LOCAL, "arrays", None)
+    if cache is None:
+        cache = _LOCAL.arrays = {}
+    arr = cache.get(name)
+    size = int(np.prod(shape))
+    if arr is None or arr.dtype != np.dtype(dtype) or arr.size < size or arr.size > 4 * size + 2**20:
+        arr = cache[name] = np.empty(size, dtype)
+    return arr[:size].reshape(shape)
+
+
+def _has_c_post() -> bool:
+    try:
+        from ._rangecoder import last_layer_post  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None = None) -> np.ndarray:
+    """Scale index (uint8, shape (M, 4h, 4w)) of every y element, bit-exact everywhere.
+
+    exact_f64: compute the last layer entirely in float64 (the slow reference path; default:
+    $ILC_INTNET_F64 == "1"). Otherwise the last layer uses float32 BLAS with an error
+    bound and exact recomputation (same result; see _last_layer_indices_f32)."""
     if tables.num_scales > 256:
         raise ValueError("more than 256 scales do not fit uint8 indices")
+    with _blas_threads():
+        return _scale_indices(tables, w_hat, exact_f64)
+
+
+def _scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None) -> np.ndarray:
     a = hidden_activations(tables, w_hat)
     out = np.empty((tables.latent_channels,) + a.shape[1:], np.uint8)
+    if exact_f64 is None:
+        import os
+
+        exact_f64 = os.environ.get("ILC_INTNET_F64", "") == "1"
+    if not exact_f64 and _f32_layer_ok(tables) and _has_c_post():
+        _last_layer_indices_f32(tables, a, out)
+        return out
     t = tables.thresholds.astype(np.float64)
     _conv3x3_bands(a, tables.weights[2], tables.biases[2],
-                   lambda acc: np.searchsorted(t, acc, side="right").astype(np.uint8), out)
+                   lambda acc: threshold_index(t, acc).astype(np.uint8), out)
     return out
 
 
