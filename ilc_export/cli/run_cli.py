@@ -9,6 +9,7 @@ import typer
 from ..pipeline import api
 from .common import (DeviceOpt, ProviderOpt, console, device_options, fail, note, out, progress, user_errors,
                      version_option, warn)
+from .scale import EngineOpt, RayAddressOpt, WorkersOpt, engine_batch, open_engine, print_summary, ray_job
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -99,6 +100,9 @@ def compress(
                                        "0 = never tile; default 1024): larger images are coded tile by tile"),
     force: bool = ForceOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
+    engine: str = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: Optional[int] = WorkersOpt,
 ):
     """Compress images to .ilc bitstreams."""
     from ..pipeline.tiling import check_tile_option
@@ -110,17 +114,24 @@ def compress(
         raise api.UsageError(str(e)) from None
     zopts = _z_options(z_seed, z_temperature)
     _set_max_pixels(max_pixels)
+    eng = open_engine(engine, ray_address, workers, jobs)
     files = api.expand_inputs(inputs, api.IMAGE_SUFFIXES)
     if not files:
         fail("no input images found")
     dsts = api.plan_outputs(files, output, api.BITSTREAM_SUFFIX, force)
-    codec = api.open_codec(model, quality, backend, precision, **_backend_options(threads, device, provider))
+    if eng.name != "local":  # the actors open the model; this process only resolves it
+        job = ray_job("compress", model, quality, backend, precision, _backend_options(threads, device, provider),
+                      force, max_pixels, tile=tile, **zopts)
+    else:
+        codec = api.open_codec(model, quality, backend, precision, **_backend_options(threads, device, provider))
 
     def done(src, dst, r):
         for n in r.notes or []:
             note(f"{src}: {n}")
         return f"{src} -> {dst}  {r.stats.num_bytes} bytes  {r.stats.bpp:.4f} bpp  {r.stats.total_time * 1000:.0f} ms"
 
+    if eng.name != "local":
+        return engine_batch("compress", eng, job, list(zip(files, dsts)), done)
     _batch("compress", files, dsts,
            lambda src, dst: api.compress_file(codec, src, dst, overwrite=force, tile=tile, **zopts),
            done, jobs)
@@ -177,17 +188,25 @@ def decompress(
     jobs: int = JobsOpt,
     force: bool = ForceOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
+    engine: str = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: Optional[int] = WorkersOpt,
 ):
     """Decompress .ilc bitstreams to PNG (the model is found from the id in each file)."""
     _check_counts(threads, jobs)
     _set_max_pixels(max_pixels)
+    eng = open_engine(engine, ray_address, workers, jobs)
     files = api.expand_inputs(inputs, {api.BITSTREAM_SUFFIX})
     if not files:
         fail("no input bitstreams found")
     if reference is not None and len(files) != 1:
         raise api.UsageError("--reference needs exactly one input file")
     dsts = api.plan_outputs(files, output, ".png", force)
-    cache = api.CodecCache(model, backend, precision=precision, **_backend_options(threads, device, provider))
+    if eng.name != "local":
+        job = ray_job("decompress", model, None, backend, precision, _backend_options(threads, device, provider),
+                      force, max_pixels)
+    else:
+        cache = api.CodecCache(model, backend, precision=precision, **_backend_options(threads, device, provider))
 
     def done(src, dst, r):
         msg = f"{src} -> {dst}  {r.stats.width}x{r.stats.height}  {r.stats.total_time * 1000:.0f} ms"
@@ -198,6 +217,8 @@ def decompress(
             msg += f"  PSNR {psnr(load_rgb(reference)[0], load_rgb(dst)[0]):.2f} dB  {r.stats.bpp:.4f} bpp"
         return msg
 
+    if eng.name != "local":
+        return engine_batch("decompress", eng, job, list(zip(files, dsts)), done)
     _batch("decompress", files, dsts, lambda src, dst: api.decompress_file(cache, src, dst, overwrite=force), done, jobs)
 
 
@@ -243,6 +264,9 @@ def eval_cmd(
     threads: Optional[int] = ThreadsOpt,
     limit: Optional[int] = typer.Option(None, help="only the first N images"),
     force: bool = ForceOpt,
+    engine: str = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: Optional[int] = WorkersOpt,
 ):
     """Compress + decompress every image through real files; report bpp, PSNR, MS-SSIM, times."""
     from ..pipeline.models import resolve
@@ -272,9 +296,16 @@ def eval_cmd(
     opts = _backend_options(threads, device, provider)
     if precision is not None:
         opts["precision"] = precision
-    with progress() as prog:
-        res = evaluate_codec(directory, models=[r.source for r in resolved], backend=be, limit=limit,
-                             progress=prog, **opts)
+    eng = open_engine(engine, ray_address, workers)
+    summary = []
+    try:
+        with progress() as prog:
+            res = evaluate_codec(directory, models=[r.source for r in resolved], backend=be, limit=limit,
+                                 progress=prog, engine=eng, on_summary=summary.append, **opts)
+    finally:
+        eng.close()
+    if summary and eng.name != "local":
+        print_summary(summary[0])
     write_results_json(res, json_out)
     r = res["results"]
     for i in range(len(r["bpp"])):

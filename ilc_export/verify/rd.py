@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,10 +76,38 @@ def _image_key(f: Path) -> str:
     return f"{f.name}:{st.st_size}"
 
 
+def evaluate_image(codec, f: Path, mid: str, tmp: Path) -> dict:
+    """One image through a real file: compress, write, read back, decompress, measure.
+
+    The per-image record of the results JSON; every engine computes it with this function."""
+    img, _ = load_rgb(f)
+    t0 = time.perf_counter()
+    data, est = codec.compress(img)
+    bit = Path(tmp) / (f.stem + BITSTREAM_SUFFIX)
+    write_atomic(bit, data)
+    t1 = time.perf_counter()
+    rec, dst = codec.decompress(bit.read_bytes())
+    t2 = time.perf_counter()
+    n = bit.stat().st_size
+    bit.unlink()
+    return {"image": f.name, "bpp": 8 * n / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec),
+            "ms_ssim": ms_ssim(img, rec), "enc": t1 - t0, "dec": t2 - t1,
+            "enc_entropy": est.times.get("entropy", 0.0), "dec_entropy": dst.times.get("entropy", 0.0),
+            "bytes": n, "model": codec.cfg.name, "model_id": mid}
+
+
 def evaluate_codec(directory: Path, qualities: list[int] | None = None, models: list[Path] | None = None,
                    backend: str = "torch", limit: int | None = None, progress=None, name: str = "ILC",
-                   kind: str = "ilc", cache: ResultCache | None = None, **opts) -> dict:
-    """Every image x quality: compress to a real file, decompress it, measure (SPEC section 5)."""
+                   kind: str = "ilc", cache: ResultCache | None = None, engine=None, on_summary=None,
+                   **opts) -> dict:
+    """Every image x quality: compress to a real file, decompress it, measure (SPEC section 5).
+
+    ``engine`` (``ilc_export.scale``; default: this process) runs the images not in ``cache``;
+    the records and the JSON are the same whichever engine computed them; ``on_summary``
+    receives the batch's ``Summary`` (throughput, failures by file). Images that fail
+    are cached as they complete, then raise: a mean over fewer images would not be comparable."""
+    from ..scale.engine import Item, Job, LocalEngine, run_batch
+
     files = _images(Path(directory), limit)
     if models:
         sources = [Path(m) for m in models]
@@ -90,36 +117,42 @@ def evaluate_codec(directory: Path, qualities: list[int] | None = None, models: 
             raise ValueError(f"no shipped {kind} qualities found")
         sources = [shipped_checkpoint(q, kind) for q in qs]
     cache = cache or ResultCache(None)
-    points = []
+    rows: dict[tuple[int, int], dict] = {}
+    todo: list[tuple[int, int, str]] = []
     task = progress.add_task(f"{name} ({backend})", total=len(files) * len(sources), info="") if progress else None
-    with tempfile.TemporaryDirectory() as tmp:
-        for src in sources:
-            codec = None
-            mid = model_id(src)
-            pt = []
-            for f in files:
-                key = cache.key(name, backend, mid, _image_key(f))
-                row = cache.get(key)
-                if row is None:
-                    codec = codec or open_codec(src, None, backend, **opts)
-                    img, _ = load_rgb(f)
-                    t0 = time.perf_counter()
-                    data, est = codec.compress(img)
-                    bit = Path(tmp) / (f.stem + BITSTREAM_SUFFIX)
-                    write_atomic(bit, data)
-                    t1 = time.perf_counter()
-                    rec, dst = codec.decompress(bit.read_bytes())
-                    t2 = time.perf_counter()
-                    n = bit.stat().st_size
-                    row = {"image": f.name, "bpp": 8 * n / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec),
-                           "ms_ssim": ms_ssim(img, rec), "enc": t1 - t0, "dec": t2 - t1,
-                           "enc_entropy": est.times.get("entropy", 0.0), "dec_entropy": dst.times.get("entropy", 0.0),
-                           "bytes": n, "model": codec.cfg.name, "model_id": mid}
-                    cache.put(key, row)
-                pt.append(row)
+    for si, src in enumerate(sources):
+        mid = model_id(src)
+        for fi, f in enumerate(files):
+            key = cache.key(name, backend, mid, _image_key(f))
+            row = cache.get(key)
+            if row is None:
+                todo.append((si, fi, key))
+            else:
+                rows[si, fi] = row
                 if progress:
                     progress.update(task, advance=1, info=f"{row['model']} {f.name}")
-            points.append(pt)
+
+    def done(r, n, total):
+        si, fi, key = todo[r.index]
+        if r.error is None:
+            rows[si, fi] = r.value
+            cache.put(key, r.value)
+        if progress:
+            progress.update(task, advance=1, info=f"{r.value['model'] if r.value else 'failed'} {files[fi].name}")
+
+    if todo:
+        used = sorted({si for si, _, _ in todo})
+        job = Job("eval", backend=backend, options=dict(opts), models=[str(sources[si]) for si in used])
+        items = [Item(files[fi], model=sources[si]) for si, fi, _ in todo]
+        batch = run_batch(engine or LocalEngine(), job, items, done)
+        if on_summary is not None:
+            on_summary(batch.summary)
+        if batch.summary.failures:
+            first = next(iter(batch.summary.failures.values()))
+            from ..pipeline.api import CodingError
+
+            raise CodingError(f"{len(batch.summary.failures)} of {len(items)} evaluations failed; first: {first}")
+    points = [[rows[si, fi] for fi in range(len(files))] for si in range(len(sources))]
     return _summarise(name, f"ILC toolkit ({kind}), backend {backend}, real files", points)
 
 

@@ -1,0 +1,10 @@
+"""Scale-out: one interface for running a batch here or on Ray (``--engine local|ray``).
+
+Importing this package never imports Ray; ``make_engine("ray")`` does, and says what to
+install when it is missing.
+"""
+from .engine import (ENGINES, BatchResult, Engine, Item, ItemResult, Job, LocalEngine, Summary, Worker,
+                     make_engine, run_batch)
+
+__all__ = ["ENGINES", "BatchResult", "Engine", "Item", "ItemResult", "Job", "LocalEngine", "Summary", "Worker",
+           "make_engine", "run_batch"]
