@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..backends import load_backend
-from ..codec.bitstream import unpack
+from ..codec.bitstream import file_mode_for, unpack
 from ..codec.errors import BitstreamError
 from .codec import ImageCodec, Stats
 from .image_io import IMAGE_SUFFIXES, ImageError, load_rgb
@@ -210,13 +210,7 @@ def _write_portable(path: Path, data: bytes, overwrite: bool) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        os.chmod(tmp, file_mode_for(path))
         if overwrite:
             os.replace(tmp, path)
         else:
