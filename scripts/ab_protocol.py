@@ -66,6 +66,8 @@ ARMS = {
     "A": {"desc": "current ILC (z = 0), continued", "config": {}},
     "B": {"desc": "ILC + g (z_hat = g(y_hat)), f and g trained jointly through the inverse",
           "config": {"z_model": "g", "g_hidden": 64, "g_lr_scale": 10.0}},
+    "C": {"desc": "ILC + g that also corrects y_hat's quantisation error before the inverse (g_refine_y)",
+          "config": {"z_model": "g", "g_hidden": 64, "g_lr_scale": 10.0, "g_refine_y": True}},
     "B0": {"desc": "ILC + g, beta = 0 (no z-term: image error only)",
            "config": {"z_model": "g", "g_hidden": 64, "g_lr_scale": 10.0, "beta": 0.0}},
 }
@@ -237,14 +239,15 @@ def evaluate(args) -> None:
         models[f"init_q{q}"] = GPU_WEIGHTS / f"ilc-q{q}.safetensors"  # "before": the current ILC
     for run in plan["arms"]:
         models[run] = out / run / "model.safetensors"
-    res_path = out / "eval.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    cache = ResultCache(out / "eval_cache.jsonl")
+    (out / "eval").mkdir(exist_ok=True)
     kodak = sorted(KODAK.glob("*.png"))[: args.limit] if args.limit else sorted(KODAK.glob("*.png"))
     for name, src in models.items():
+        if args.only and name not in args.only:
+            continue
         if not src.exists():
             print(f"skip {name}: {src} missing")
             continue
+        cache = ResultCache(out / "eval" / f"{name}.cache.jsonl")  # per run: evals may run in parallel
         fin = out / "final" / f"{name}.safetensors"
         mid = _finalize(src, fin, calib)
         row = {"checkpoint": str(fin), "model_id": mid}
@@ -253,7 +256,7 @@ def evaluate(args) -> None:
                                threads=args.threads)
             row[split] = {k: v[0] for k, v in r["results"].items()}
             print(f"{name} {split}: {row[split]['bpp']:.4f} bpp {row[split]['psnr-rgb']:.3f} dB", flush=True)
-        ref = evaluate_reference(load_model(fin), kodak)
+        ref = evaluate_reference(load_model(fin), kodak[: args.ceiling_images])
         row["ceiling_psnr_kodak"] = ref["z_zero_ceiling_psnr"]
         row["est_bpp_kodak"], row["est_psnr_kodak"] = ref["bpp"], ref["psnr"]
         print(f"{name} ceiling (y unquantised, z_hat = g(y) or 0): {row['ceiling_psnr_kodak']:.3f} dB", flush=True)
@@ -262,8 +265,7 @@ def evaluate(args) -> None:
             lines = log.read_text().splitlines()
             row["steps"] = len(lines)
             row["wall_s"] = json.loads(lines[-1])["wall"]
-        results[name] = row
-        res_path.write_text(json.dumps(results, indent=2) + "\n")
+        (out / "eval" / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
 
 
 # --- report -------------------------------------------------------------------------------
@@ -293,7 +295,7 @@ def point_vs_curve(p: dict, curve: dict) -> float:
 def report(args) -> None:
     out = Path(args.out)
     plan = json.loads((out / "plan.json").read_text())
-    ev = json.loads((out / "eval.json").read_text())
+    ev = {p.stem: json.loads(p.read_text()) for p in sorted((out / "eval").glob("*.json"))}
     curves = dict(GPU_CURVES)
     for cand in sorted((ROOT / "docs" / "results").glob("*jpeg*.json")):
         try:
@@ -331,7 +333,24 @@ def report(args) -> None:
                         }
             rows.append(row)
         del ref
-    rep = {"slope_db_per_ln_bpp": s, "curves": curves, "rows": rows, "plan": plan}
+    # arms with >= 2 qualities: true Bjontegaard BD-rate on Kodak (ilc_export.verify.rd.bd_rate)
+    from ilc_export.verify.rd import bd_rate
+
+    def curve(names):
+        pts = sorted((ev[n]["kodak"]["bpp"], ev[n]["kodak"]["psnr-rgb"]) for n in names if n in ev)
+        return {"results": {"bpp": [p[0] for p in pts], "psnr-rgb": [p[1] for p in pts]}} if len(pts) >= 2 else None
+
+    bd = {}
+    arm_curves = {a: curve([f"{a}_q{q}" for q in plan["qualities"]]) for a in {v["arm"] for v in plan["arms"].values()}}
+    arm_curves["init"] = curve([f"init_q{q}" for q in plan["qualities"]])
+    for a, c in arm_curves.items():
+        if c is None:
+            continue
+        bd[a] = {k: bd_rate({"results": v}, c) for k, v in curves.items() if isinstance(v, dict)}
+        for b in ("A", "init"):
+            if b != a and arm_curves.get(b):
+                bd[a][f"vs_{b}"] = bd_rate(arm_curves[b], c)
+    rep = {"slope_db_per_ln_bpp": s, "curves": curves, "rows": rows, "bd_rate_kodak": bd, "plan": plan}
     (out / "ab.json").write_text(json.dumps(rep, indent=2) + "\n")
     lines = ["| run | steps | Kodak bpp / PSNR | held-out bpp / PSNR | local BD-rate vs A (Kodak / held-out) "
              "| vs init (Kodak) | vs GPU ILC curve | vs GPU baseline curve | ceiling (dB) |", "|" + "---|" * 9]
@@ -343,6 +362,8 @@ def report(args) -> None:
         lines.append(f"| {r['name']} | {r['steps']} | {r['kodak']['bpp']:.4f} / {r['kodak']['psnr']:.3f} | "
                      f"{r['heldout']['bpp']:.4f} / {r['heldout']['psnr']:.3f} | {va} | {vi} | {r['vs_ilc_curve']:+.1f} % | "
                      f"{r['vs_baseline_curve']:+.1f} % | {r['ceiling']:.3f} |")
+    for a, v in bd.items():
+        lines.append(f"\nBD-rate (Kodak, PSNR) of {a}: " + ", ".join(f"{k} {x:+.1f} %" for k, x in v.items()))
     (out / "ab.md").write_text("\n".join(lines) + f"\n\nslope of the GPU ILC curve at q2: {s:.3f} dB per ln(bpp)\n")
     print("\n".join(lines))
 
@@ -362,6 +383,8 @@ def main(argv=None):
     ap.add_argument("--nice", type=int, default=10)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--limit", type=int, default=None, help="eval: only the first N images of each set")
+    ap.add_argument("--ceiling-images", type=int, default=24, help="eval: Kodak images for the estimated pass / ceiling")
+    ap.add_argument("--only", nargs="+", default=None, help="eval: only these runs (e.g. init_q2 A_q2)")
     args = ap.parse_args(argv)
     phases = ["prepare", "train", "eval", "report"] if args.phase == "all" else [args.phase]
     for ph in phases:

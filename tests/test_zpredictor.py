@@ -101,8 +101,8 @@ def test_f_stays_exactly_invertible_and_synthesis_uses_g():
         y, z = model.analysis(x)
         assert (model.f.inverse(y, z) - x).abs().max().item() < 1e-4
         zero = torch.zeros_like(z)
-        g = model.g(y)
-        assert g.abs().max() > 0
+        g = model.z_mean(y)
+        assert g.abs().max() > 0 and torch.equal(model.g(y)[0], y)
         assert torch.allclose(model.synthesis(y, zero), model.f.inverse(y, g), atol=1e-6)
         assert torch.allclose(model.synthesis(y, zero + 0.1), model.f.inverse(y, g + 0.1), atol=1e-6)
         assert not torch.allclose(model.synthesis(y, zero), model.f.inverse(y, zero), atol=1e-4)
@@ -142,7 +142,23 @@ def test_g_lr_scale_is_the_same_function():
     with torch.no_grad():
         b.g.net[4].weight.normal_()
         c.g.net[4].weight.copy_(b.g.net[4].weight * 10.0)
-        assert torch.allclose(b.g(y), c.g(y), atol=1e-4, rtol=1e-4)
+        assert torch.allclose(b.g(y)[1], c.g(y)[1], atol=1e-4, rtol=1e-4)
+
+
+def test_refine_y_starts_as_identity_and_corrects_y():
+    model = build_model(g_config(g_refine_y=True)).eval()
+    m = model.cfg.latent_channels
+    assert model.g.net[4].out_channels == model.cfg.z_channels + m
+    y = torch.randn(1, m, 4, 4)
+    with torch.no_grad():
+        y_in, zm = model.g(y)
+        assert torch.equal(y_in, y) and torch.equal(zm, torch.zeros_like(zm))
+        randomize(model.g, 0.05)
+        y_in, zm = model.g(y)
+        z = torch.zeros(1, model.cfg.z_channels, 4, 4)
+        assert not torch.equal(y_in, y)
+        assert torch.allclose(model.synthesis(y, z), model.f.inverse(y_in, zm), atol=1e-6)
+    assert json.loads(model.cfg.to_json())["g_refine_y"] is True
 
 
 def test_checkpoint_roundtrip_with_g(tmp_path):
@@ -218,7 +234,7 @@ def test_torch_backend_and_codec_decode_with_g(tmp_path):
     z = torch.zeros(1, gm.cfg.z_channels, 4, 4)
     out = run.run("inverse", {"y_hat": y.numpy(), "z": z.numpy()})["image"]
     with torch.no_grad():
-        assert np.abs(out - gm.f.inverse(y, gm.g(y)).numpy()).max() < 1e-5
+        assert np.abs(out - gm.f.inverse(y, gm.z_mean(y)).numpy()).max() < 1e-5
     codec = open_codec(path, backend="torch")
     img = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
     data, _ = codec.compress(img)

@@ -42,6 +42,7 @@ class ModelConfig:
     z_model: str = "zero"  # "zero": decode with z_hat = 0 (+ surrogate); "g": z_hat = g(y_hat) (+ surrogate)
     g_hidden: int = 64  # width of g's two hidden 3x3 convs (at H/16)
     g_lr_scale: float = 1.0  # g's weights are stored divided by this (equalised-lr style): Adam moves g this much faster
+    g_refine_y: bool = False  # g also predicts a correction of y_hat's quantisation error: f^-1(y_hat + r(y_hat), z_hat)
 
     @property
     def total_channels(self) -> int:
@@ -81,7 +82,7 @@ class ModelConfig:
 #: Fields added after the model id (a hash of the config JSON) was defined, with the value
 #: that reproduces the old behaviour. to_json() omits them at that value, so an old config
 #: serialises (and hashes) exactly as before.
-OPTIONAL_DEFAULTS = {"z_model": "zero", "g_hidden": 64, "g_lr_scale": 1.0}
+OPTIONAL_DEFAULTS = {"z_model": "zero", "g_hidden": 64, "g_lr_scale": 1.0, "g_refine_y": False}
 Z_MODELS = ("zero", "g")
 
 

@@ -54,20 +54,28 @@ class _ScaledConv(nn.Conv2d):
 class ZPredictor(nn.Module):
     """g: y_hat (M channels, H/16) -> z_hat (768 - M channels): three 3x3 convs, LeakyReLU.
 
-    The last conv starts at zero, so a model with a fresh g decodes exactly like z = 0.
+    With ``cfg.g_refine_y`` the last conv has M more output channels, a correction r(y_hat)
+    of y_hat's quantisation error (f^-1 then sees y_hat + r instead of y_hat). The last conv
+    starts at zero, so a model with a fresh g decodes exactly like z = 0.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         m, zc, h, s = cfg.latent_channels, cfg.z_channels, cfg.g_hidden, cfg.g_lr_scale
+        self.refine = cfg.g_refine_y
         self.net = nn.Sequential(
             _ScaledConv(m, h, 3, s), nn.LeakyReLU(0.2),
             _ScaledConv(h, h, 3, s), nn.LeakyReLU(0.2),
-            _ScaledConv(h, zc, 3, s, zero=True),
+            _ScaledConv(h, zc + (m if self.refine else 0), 3, s, zero=True),
         )
 
     def forward(self, y_hat):
-        return self.net(y_hat)
+        """-> (y for the inverse, z_hat mean)."""
+        out = self.net(y_hat)
+        if self.refine:
+            m = y_hat.shape[1]
+            return y_hat + out[:, :m], out[:, m:]
+        return y_hat, out
 
 
 class _Codec(nn.Module):
@@ -119,8 +127,8 @@ class _Codec(nn.Module):
         y_hat = ste_round(y - mu) + mu
         z_mean = None
         if z is not None and self.cfg.has_g:
-            z_mean = self.g(y_hat)  # trained through the inverse, on the image error
-            x_hat = self.f.inverse(y_hat, z_mean)
+            y_in, z_mean = self.g(y_hat)  # trained through the inverse, on the image error
+            x_hat = self.f.inverse(y_in, z_mean)
         else:
             x_hat = self.synthesis(y_hat, self.zeros_z(y) if z is not None else None)
         bits = -(torch.log2(y_lik).sum() + torch.log2(w_lik).sum())
@@ -159,13 +167,14 @@ class ILC(_Codec):
 
     def z_mean(self, y_hat):
         """The decoder's estimate of the dropped z: g(y_hat), or 0 without g."""
-        return self.g(y_hat) if self.cfg.has_g else self.zeros_z(y_hat)
+        return self.g(y_hat)[1] if self.cfg.has_g else self.zeros_z(y_hat)
 
     def synthesis(self, y_hat, z):
         """x_hat = f^-1(y_hat, z_hat); z is the surrogate (0 or a seeded sample), centred on
         g(y_hat) when the model has g. This is the whole inverse graph."""
         if self.cfg.has_g:
-            return self.f.inverse(y_hat, self.g(y_hat) + z)
+            y_in, z_mean = self.g(y_hat)
+            return self.f.inverse(y_in, z_mean + z)
         return self.f.inverse(y_hat, z)
 
 
