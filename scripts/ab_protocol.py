@@ -46,8 +46,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = next((p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if (p / "data").exists()),
-              ROOT.parent / "shared")
+SHARED = next((Path(p) for p in (os.environ.get("ILC_SHARED"), ROOT / "shared", ROOT.parent / "shared",
+                                 ROOT.parent.parent / "shared") if p and (Path(p) / "data").exists()),
+              ROOT.parent / "shared")  # ILC_SHARED=<folder with data/ and weights/> overrides
 DATA = SHARED / "data" / "train"
 KODAK = SHARED / "data" / "kodak"
 GPU_WEIGHTS = SHARED / "weights" / "h100-2026-11-27"
@@ -68,6 +69,10 @@ ARMS = {
           "config": {"z_model": "g", "g_hidden": 64, "g_lr_scale": 10.0}},
     "C": {"desc": "ILC + g that also corrects y_hat's quantisation error before the inverse (g_refine_y)",
           "config": {"z_model": "g", "g_hidden": 64, "g_lr_scale": 10.0, "g_refine_y": True}},
+    "B50": {"desc": "B with g learning 5x faster (g_lr_scale 50: g at 1e-3 when f is at 2e-5)",
+            "config": {"z_model": "g", "g_hidden": 64, "g_lr_scale": 50.0}},
+    "C50": {"desc": "C with g learning 5x faster (g_lr_scale 50)",
+            "config": {"z_model": "g", "g_hidden": 64, "g_lr_scale": 50.0, "g_refine_y": True}},
     "B0": {"desc": "ILC + g, beta = 0 (no z-term: image error only)",
            "config": {"z_model": "g", "g_hidden": 64, "g_lr_scale": 10.0, "beta": 0.0}},
 }
@@ -353,7 +358,7 @@ def report(args) -> None:
     rep = {"slope_db_per_ln_bpp": s, "curves": curves, "rows": rows, "bd_rate_kodak": bd, "plan": plan}
     (out / "ab.json").write_text(json.dumps(rep, indent=2) + "\n")
     lines = ["| run | steps | Kodak bpp / PSNR | held-out bpp / PSNR | local BD-rate vs A (Kodak / held-out) "
-             "| vs init (Kodak) | vs GPU ILC curve | vs GPU baseline curve | ceiling (dB) |", "|" + "---|" * 9]
+             "| vs init (Kodak) | vs GPU ILC curve | vs GPU baseline curve | vs Pillow JPEG | ceiling (dB) |", "|" + "---|" * 10]
     for r in rows:
         va = [r.get(f"vs_A_q{q}_{sp}") for q in plan["qualities"] for sp in ("kodak", "heldout")]
         va = " / ".join(f"{v['local_bd_rate']:+.1f} %" for v in va if v) or "-"
@@ -361,7 +366,7 @@ def report(args) -> None:
         vi = f"{vi['dpsnr']:+.3f} dB, {vi['dbpp_pct']:+.1f} % bpp, {vi['local_bd_rate']:+.1f} %" if vi else "-"
         lines.append(f"| {r['name']} | {r['steps']} | {r['kodak']['bpp']:.4f} / {r['kodak']['psnr']:.3f} | "
                      f"{r['heldout']['bpp']:.4f} / {r['heldout']['psnr']:.3f} | {va} | {vi} | {r['vs_ilc_curve']:+.1f} % | "
-                     f"{r['vs_baseline_curve']:+.1f} % | {r['ceiling']:.3f} |")
+                     f"{r['vs_baseline_curve']:+.1f} % | {r.get('vs_jpeg', float('nan')):+.1f} % | {r['ceiling']:.3f} |")
     for a, v in bd.items():
         lines.append(f"\nBD-rate (Kodak, PSNR) of {a}: " + ", ".join(f"{k} {x:+.1f} %" for k, x in v.items()))
     (out / "ab.md").write_text("\n".join(lines) + f"\n\nslope of the GPU ILC curve at q2: {s:.3f} dB per ln(bpp)\n")
