@@ -16,7 +16,6 @@ the previous folder (or nothing) behind, never a half-written one.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import json
 import os
@@ -353,7 +352,7 @@ def export_onnx(
             "model_id": model_id,
             "model_name": cfg.name,
             "kind": cfg.kind,
-            "config": dataclasses.asdict(cfg),
+            "config": json.loads(cfg.to_json()),  # optional fields (g) only where set: old manifests unchanged
             "pad_multiple": PAD_MULTIPLE,
             "levels": LEVELS,
             "hyper_downsample": HYPER_DOWNSAMPLE,

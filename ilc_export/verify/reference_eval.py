@@ -57,4 +57,4 @@ def invertibility_error(model, image: Path) -> float:
         y, z = model.analysis(x)
         if z is None:
             raise ValueError("the baseline is not invertible")
-        return float((model.synthesis(y, z) - x).abs().max())
+        return float((model.f.inverse(y, z) - x).abs().max())  # f alone (synthesis adds g(y) when the model has g)

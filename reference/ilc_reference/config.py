@@ -36,6 +36,13 @@ class ModelConfig:
     baseline_channels: int = 64  # N of the conv baseline
     lmbda: float = 0.0067
     beta: float = 1.0
+    # --- optional decoder-side network g (issue 12); fields added after the model id was
+    # defined: at their defaults they are left out of to_json(), so existing configs, their
+    # checkpoints' metadata and their model ids stay byte-identical (see OPTIONAL_DEFAULTS).
+    z_model: str = "zero"  # "zero": decode with z_hat = 0 (+ surrogate); "g": z_hat = g(y_hat) (+ surrogate)
+    g_hidden: int = 64  # width of g's two hidden 3x3 convs (at H/16)
+    g_lr_scale: float = 1.0  # g's weights are stored divided by this (equalised-lr style): Adam moves g this much faster
+    g_refine_y: bool = False  # g also predicts a correction of y_hat's quantisation error: f^-1(y_hat + r(y_hat), z_hat)
 
     @property
     def total_channels(self) -> int:
@@ -45,8 +52,20 @@ class ModelConfig:
     def z_channels(self) -> int:
         return self.total_channels - self.latent_channels
 
+    @property
+    def has_g(self) -> bool:
+        return self.kind == "ilc" and self.z_model == "g"
+
+    def to_dict(self) -> dict:
+        """Fields as a dict; optional fields at their default value are left out."""
+        d = dataclasses.asdict(self)
+        for k, v in OPTIONAL_DEFAULTS.items():
+            if d.get(k) == v:
+                del d[k]
+        return d
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -54,7 +73,17 @@ class ModelConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+        cfg = cls(**d)
+        if cfg.z_model not in Z_MODELS:
+            raise ValueError(f"unknown z_model {cfg.z_model!r} (expected one of {list(Z_MODELS)})")
+        return cfg
+
+
+#: Fields added after the model id (a hash of the config JSON) was defined, with the value
+#: that reproduces the old behaviour. to_json() omits them at that value, so an old config
+#: serialises (and hashes) exactly as before.
+OPTIONAL_DEFAULTS = {"z_model": "zero", "g_hidden": 64, "g_lr_scale": 1.0, "g_refine_y": False}
+Z_MODELS = ("zero", "g")
 
 
 def tiny_config(kind: str = "ilc") -> ModelConfig:

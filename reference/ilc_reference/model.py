@@ -4,6 +4,12 @@ Both expose the same four pieces the toolkit exports and runs:
   analysis(x) -> y (and z for ILC), hyper_analysis(y) -> w,
   hyper_mean(w_hat) -> mu, hyper_scale(w_hat) -> v = log(sigma),
   synthesis(y_hat, z) -> x_hat.
+
+ILC decode: x_hat = f^-1(y_hat, z_hat) with z_hat = z (the surrogate: 0 or a seeded
+N(0, T^2) sample) by default. With ``cfg.z_model == "g"`` a small decoder-side network g
+predicts the dropped information, z_hat = g(y_hat) + z, i.e. z ~ N(g(y_hat), T^2): g is part
+of synthesis (the inverse graph); the forward graph, the bitstream and the entropy model are
+unchanged, and f itself stays exactly invertible (``model.f.inverse``).
 """
 from __future__ import annotations
 
@@ -21,6 +27,55 @@ from .entropy import (
     ste_round,
 )
 from .invertible import InvertibleTransform
+
+
+class _ScaledConv(nn.Conv2d):
+    """Conv whose parameters are stored divided by `scale` and multiplied back in forward:
+    the same function, but Adam (whose steps are ~lr in parameter units) moves its output
+    `scale` times faster (equalised learning rate). scale == 1 is a plain conv."""
+
+    def __init__(self, cin, cout, k, scale: float = 1.0, zero: bool = False):
+        super().__init__(cin, cout, k, padding=k // 2)
+        self.scale = float(scale)
+        with torch.no_grad():
+            if zero:
+                self.weight.zero_()
+                self.bias.zero_()
+            elif self.scale != 1.0:
+                self.weight.div_(self.scale)
+                self.bias.div_(self.scale)
+
+    def forward(self, x):
+        if self.scale == 1.0:
+            return super().forward(x)
+        return nn.functional.conv2d(x, self.weight * self.scale, self.bias * self.scale, padding=self.padding)
+
+
+class ZPredictor(nn.Module):
+    """g: y_hat (M channels, H/16) -> z_hat (768 - M channels): three 3x3 convs, LeakyReLU.
+
+    With ``cfg.g_refine_y`` the last conv has M more output channels, a correction r(y_hat)
+    of y_hat's quantisation error (f^-1 then sees y_hat + r instead of y_hat). The last conv
+    starts at zero, so a model with a fresh g decodes exactly like z = 0.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        m, zc, h, s = cfg.latent_channels, cfg.z_channels, cfg.g_hidden, cfg.g_lr_scale
+        self.refine = cfg.g_refine_y
+        self.net = nn.Sequential(
+            _ScaledConv(m, h, 3, s), nn.LeakyReLU(0.2),
+            _ScaledConv(h, h, 3, s), nn.LeakyReLU(0.2),
+            _ScaledConv(h, zc + (m if self.refine else 0), 3, s, zero=True),
+        )
+
+    def forward(self, y_hat):
+        """-> (y for the inverse, z_hat mean)."""
+        out = self.net(y_hat)
+        if self.refine:
+            m = y_hat.shape[1]
+            return y_hat + out[:, :m], out[:, m:]
+        return y_hat, out
 
 
 class _Codec(nn.Module):
@@ -70,15 +125,29 @@ class _Codec(nn.Module):
             r = torch.round(y - mu)
         y_lik = gaussian_likelihood(r, sigma)
         y_hat = ste_round(y - mu) + mu
-        x_hat = self.synthesis(y_hat, self.zeros_z(y) if z is not None else None)
+        z_mean = None
+        if z is not None and self.cfg.has_g:
+            y_in, z_mean = self.g(y_hat)  # trained through the inverse, on the image error
+            x_hat = self.f.inverse(y_in, z_mean)
+        else:
+            x_hat = self.synthesis(y_hat, self.zeros_z(y) if z is not None else None)
         bits = -(torch.log2(y_lik).sum() + torch.log2(w_lik).sum())
-        return {"x_hat": x_hat, "bits": bits, "y_lik": y_lik, "w_lik": w_lik, "z": z, "y": y}
+        return {"x_hat": x_hat, "bits": bits, "y_lik": y_lik, "w_lik": w_lik, "z": z, "y": y, "z_mean": z_mean}
 
     def loss(self, x, out):
         n_px = x.shape[0] * x.shape[2] * x.shape[3]
         bpp = out["bits"] / n_px
         mse = torch.mean((out["x_hat"] - x) ** 2)
-        zterm = torch.mean(out["z"] ** 2) / 2 if out["z"] is not None else torch.zeros((), device=x.device)
+        if out["z"] is None:
+            zterm = torch.zeros((), device=x.device)
+        elif out.get("z_mean") is not None:
+            # z ~ N(g(y_hat), I): |z - g(y_hat)|^2 / 2. g is detached here: it learns only
+            # through the inverse on the image error (the spec's probe: training g on this
+            # term lowered the z = 0 ceiling, through the inverse raised it); f is pulled
+            # towards a z that g can predict.
+            zterm = torch.mean((out["z"] - out["z_mean"].detach()) ** 2) / 2
+        else:
+            zterm = torch.mean(out["z"] ** 2) / 2
         total = bpp + self.cfg.lmbda * 255**2 * mse + self.cfg.beta * zterm
         psnr = -10 * math.log10(max(mse.item(), 1e-12))
         return total, {"loss": total.item(), "bpp": bpp.item(), "mse": mse.item(), "psnr": psnr, "z2": zterm.item()}
@@ -90,11 +159,22 @@ class ILC(_Codec):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.f = InvertibleTransform(cfg)
+        if cfg.has_g:
+            self.g = ZPredictor(cfg)  # only then: old checkpoints keep their exact key set
 
     def analysis(self, x):
         return self.f(x)
 
+    def z_mean(self, y_hat):
+        """The decoder's estimate of the dropped z: g(y_hat), or 0 without g."""
+        return self.g(y_hat)[1] if self.cfg.has_g else self.zeros_z(y_hat)
+
     def synthesis(self, y_hat, z):
+        """x_hat = f^-1(y_hat, z_hat); z is the surrogate (0 or a seeded sample), centred on
+        g(y_hat) when the model has g. This is the whole inverse graph."""
+        if self.cfg.has_g:
+            y_in, z_mean = self.g(y_hat)
+            return self.f.inverse(y_in, z_mean + z)
         return self.f.inverse(y_hat, z)
 
 
