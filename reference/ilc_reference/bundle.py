@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .trainstate import INDEX, LEGACY, load_state, read_index, save_state, state_files
+from .trainstate import INDEX, LEGACY, load_state, read_index, read_parts, save_state, state_files, write_parts
 
 MIB = 1 << 20
 TRANSFER_LIMIT = 64 * MIB
@@ -359,12 +359,7 @@ def pack_results(runs_root: str, out: str, level: str = "auto", max_files: int =
         blob = buf.getbuffer()
     for old in out.glob("results.tar.*"):
         old.unlink()
-    parts = []
-    for i, lo in enumerate(range(0, len(blob), part)):
-        chunk = blob[lo : lo + part]
-        name = f"results.tar.{i:03d}"
-        (out / name).write_bytes(chunk)
-        parts.append({"file": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+    parts = write_parts(out, "results.tar", blob, part)
     kinds = set(levels.values())
     index = {"level": kinds.pop() if len(kinds) == 1 else "mixed", "levels": levels, "bytes": len(blob), "parts": parts,
              "runs": [r.name for r in runs], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -382,16 +377,14 @@ def adopt(results: str, runs_root: str = "runs") -> list[str]:
     model.json, and the log records after the local log's last step."""
     results, runs_root = Path(results), Path(runs_root)
     index = json.loads((results / RESULT_INDEX).read_text())
-    chunks = []
-    for p in index["parts"]:
-        data = (results / p["file"]).read_bytes()
-        if len(data) != p["bytes"] or hashlib.sha256(data).hexdigest() != p["sha256"]:
-            raise SystemExit(f"{results / p['file']}: size or checksum does not match {RESULT_INDEX}")
-        chunks.append(data)
+    try:
+        blob = read_parts(results, index["parts"], RESULT_INDEX)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     adopted = []
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
             tar.extractall(tmp, filter="data")
         stamp = index["created"].replace(":", "").replace("-", "")
         for src in sorted(p for p in tmp.iterdir() if p.is_dir()):

@@ -40,6 +40,29 @@ def _atomic_write(path: Path, data: bytes | memoryview) -> None:
     os.replace(tmp, path)
 
 
+def write_parts(out: Path, stem: str, blob: bytes | memoryview, part_bytes: int) -> list[dict]:
+    """Write blob as <stem>.000, .001, ... of at most part_bytes each (at least one part, even for
+    an empty blob), each atomically; returns their index entries (file, bytes, sha256)."""
+    parts = []
+    for i, lo in enumerate(range(0, max(len(blob), 1), part_bytes)):
+        chunk = blob[lo : lo + part_bytes]
+        name = f"{stem}.{i:03d}"
+        _atomic_write(out / name, chunk)
+        parts.append({"file": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+    return parts
+
+
+def read_parts(folder: Path, parts: list[dict], index_name: str) -> bytes:
+    """The bytes of the parts an index lists, each checked against its size and sha256."""
+    chunks = []
+    for p in parts:
+        data = (folder / p["file"]).read_bytes()
+        if len(data) != p["bytes"] or hashlib.sha256(data).hexdigest() != p["sha256"]:
+            raise ValueError(f"{folder / p['file']}: size or checksum does not match {index_name}")
+        chunks.append(data)
+    return b"".join(chunks)
+
+
 def compact_moments(opt_state: dict, dtype=torch.bfloat16) -> dict:
     """A copy of an optimizer state_dict with floating moments cast to dtype."""
     state = {
@@ -68,12 +91,7 @@ def save_state(out: str | Path, state: dict, part_bytes: int = 0, moments: str =
     blob = buf.getbuffer()
     size = part_bytes if part_bytes and part_bytes > 0 else max(len(blob), 1)
     gen = f"{int(state['step']):08d}-{uuid.uuid4().hex[:6]}"
-    parts = []
-    for i, lo in enumerate(range(0, max(len(blob), 1), size)):
-        chunk = blob[lo : lo + size]
-        name = f"state-{gen}.{i:03d}"
-        _atomic_write(out / name, chunk)
-        parts.append({"file": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+    parts = write_parts(out, f"state-{gen}", blob, size)
     index = {
         "format": FORMAT, "step": int(state["step"]), "wall": float(state.get("wall", 0.0)),
         "exact": exact, "moments": moments, "has_opt": "opt" in state, "bytes": len(blob), "parts": parts,
@@ -109,12 +127,6 @@ def load_state(out: str | Path) -> dict | None:
         return torch.load(legacy, map_location="cpu", weights_only=False) if legacy.exists() else None
     if index.get("format") != FORMAT:
         raise ValueError(f"{out / INDEX}: unknown state format {index.get('format')!r}")
-    chunks = []
-    for p in index["parts"]:
-        data = (out / p["file"]).read_bytes()
-        if len(data) != p["bytes"] or hashlib.sha256(data).hexdigest() != p["sha256"]:
-            raise ValueError(f"{out / p['file']}: size or checksum does not match {INDEX}")
-        chunks.append(data)
-    state = torch.load(io.BytesIO(b"".join(chunks)), map_location="cpu", weights_only=False)
+    state = torch.load(io.BytesIO(read_parts(out, index["parts"], INDEX)), map_location="cpu", weights_only=False)
     state["_exact"] = index["exact"]
     return state
