@@ -203,19 +203,13 @@ def train(args) -> None:
 def _calib(out: Path, n: int = 12) -> Path:
     """Calibration images for the integer scale net: first n training-split BSDS images, cropped
     to multiples of 64 (as scripts/ship_models.py)."""
-    from PIL import Image
+    from ilc_export.codec.tables_build import save_calibration_crops
 
     dst = out / "data" / "calib"
     if dst.exists() and len(list(dst.iterdir())) == n:
         return dst
-    dst.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in (out / "data" / "train").iterdir() if p.name.startswith("bsds500__"))[:n]
-    for p in files:
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("RGB"))
-        h, w = a.shape[0] // 64 * 64, a.shape[1] // 64 * 64
-        Image.fromarray(a[:h, :w]).save(dst / (p.stem + ".png"))
-    return dst
+    return save_calibration_crops(files, dst)
 
 
 def _finalize(src: Path, dst: Path, calib: Path) -> str:

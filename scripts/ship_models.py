@@ -14,20 +14,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def calib_folder(src: Path, n: int, dst: Path) -> Path:
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in {".jpg", ".png"})[:n]
-    for p in files:
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("RGB"))
-        h, w = a.shape[0] // 64 * 64, a.shape[1] // 64 * 64
-        Image.fromarray(a[:h, :w]).save(dst / (p.stem + ".png"))
-    return dst
+    from ilc_export.codec.tables_build import save_calibration_crops
+
+    return save_calibration_crops(sorted(p for p in src.iterdir() if p.suffix.lower() in {".jpg", ".png"})[:n], dst)
 
 
 def main():

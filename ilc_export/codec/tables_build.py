@@ -330,6 +330,21 @@ def _load_images(calib_dir, max_images: int = 8, crop: int = 256) -> list[np.nda
     return out
 
 
+def save_calibration_crops(files, dst: Path) -> Path:
+    """Save each image cropped (top-left) to multiples of 64 as dst/<stem>.png: the folder of
+    training images the shipped checkpoints were calibrated on (scripts/ship_models.py)."""
+    from PIL import Image
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        with Image.open(p) as im:
+            a = np.asarray(im.convert("RGB"))
+        h, w = a.shape[0] // 64 * 64, a.shape[1] // 64 * 64
+        Image.fromarray(a[:h, :w]).save(dst / (Path(p).stem + ".png"))
+    return dst
+
+
 def _calibration_note(calib_dir, images) -> str:
     """What calibrated the integer scale network, for the checkpoint's metadata."""
     if not images:
