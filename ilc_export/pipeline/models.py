@@ -143,12 +143,17 @@ def normalise_backend(backend: str | None) -> str | None:
 
 
 # -- what a path is --------------------------------------------------------------------------
-def _manifest_format(folder: Path) -> str | None:
+def _manifest(folder: Path) -> dict | None:
+    """folder/manifest.json as a dict; None when it is missing or not a JSON object."""
     try:
         m = json.loads((folder / "manifest.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    return m.get("format") if isinstance(m, dict) else None
+    return m if isinstance(m, dict) else None
+
+
+def _manifest_format(folder: Path) -> str | None:
+    return (_manifest(folder) or {}).get("format")
 
 
 def source_kind(path: str | Path) -> str:
@@ -175,8 +180,9 @@ def source_kind(path: str | Path) -> str:
     return "checkpoint"
 
 
-def check_checkpoint(path: Path) -> None:
-    """ModelError unless `path` is a safetensors ILC checkpoint with codec tables (torch-free)."""
+def check_checkpoint(path: Path) -> dict:
+    """ModelError unless `path` is a safetensors ILC checkpoint with codec tables (torch-free);
+    returns its safetensors metadata."""
     from ..codec.tables import TABLE_PREFIX
 
     what = f"{path}: not an ILC checkpoint (expected a .safetensors file from ilc-train or `ilc-export tables`)"
@@ -206,14 +212,12 @@ def check_checkpoint(path: Path) -> None:
         model_id(path)  # every tensor must lie inside the file (a truncated download fails here)
     except ValueError as e:
         raise ModelError(f"{what}: {str(e).removeprefix(f'{path}: ')}") from None
+    return meta
 
 
 def checkpoint_name(path: Path) -> str:
     """The model name in a checkpoint's config (the file's stem when it has none); torch-free."""
-    check_checkpoint(Path(path))
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        meta = json.loads(f.read(n)).get("__metadata__") or {}
+    meta = check_checkpoint(Path(path))
     try:
         name = json.loads(meta["config"]).get("name")
     except (ValueError, AttributeError, KeyError):
@@ -229,9 +233,8 @@ def _shipped_by_name(name: str) -> Path | None:
 def _manifest_precision_ok(folder: Path, kind: str, precision: str | None) -> bool:
     if precision is None:
         return True
-    try:
-        m = json.loads((folder / "manifest.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+    m = _manifest(folder)
+    if m is None:
         return False
     if kind == "onnx":
         return precision in (m.get("precisions") or {})
