@@ -1,0 +1,148 @@
+"""A/B of encoder-side latent refinement through real files (ILC and baseline, same crops).
+
+    python scripts/refine_ab.py run    --out runs/refine/r1 --kind ilc      [--iters 60 --lr 0.003]
+    python scripts/refine_ab.py run    --out runs/refine/r1 --kind baseline
+    python scripts/refine_ab.py report --out runs/refine/r1
+
+`run` writes centre crops of the Kodak images (--crop px a side) once, then for every
+shipped quality and crop compresses to a real file without and with refinement, decodes it
+with the unchanged decoder and appends one record to <out>/<kind>.jsonl (resumable).
+`report` adds Pillow JPEG on the same crops and prints BD-rates (Bjontegaard, PSNR-RGB).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ilc_export.pipeline.api import open_codec
+from ilc_export.pipeline.codec import ImageCodec
+from ilc_export.pipeline.image_io import load_rgb, model_input
+from ilc_export.pipeline.models import shipped_checkpoint, shipped_qualities
+from ilc_export.verify.rd import bd_rate, pillow_curve
+from ilc_reference.refine import DEFAULT_ITERS, DEFAULT_LR, refine_latents
+
+KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
+
+
+class RefiningCodec(ImageCodec):
+    """ImageCodec whose encoder refines y before quantisation (torch runner, host path)."""
+
+    def __init__(self, runner, iters: int, lr: float):
+        super().__init__(runner, fused=False)
+        self.iters, self.lr = iters, lr
+
+    def latents(self, img):
+        lat = super().latents(img)
+        m = self.runner.model
+        x = torch.from_numpy(model_input(img))
+        w_hat = torch.from_numpy(lat["w_hat"][None].astype(np.float32))
+        y = refine_latents(m, x, torch.from_numpy(lat["y"][None].copy()), w_hat, self.iters, self.lr,
+                           valid=img.shape[:2])
+        lat["y"] = y[0].numpy()
+        return lat
+
+
+def make_crops(src: Path, dst: Path, crop: int) -> list[Path]:
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in sorted(src.glob("*.png")):
+        q = dst / p.name
+        if not q.exists():
+            img = load_rgb(p)[0]
+            t, l = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
+            Image.fromarray(img[t:t + crop, l:l + crop]).save(q)
+        out.append(q)
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return 10 * math.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2))
+
+
+def run(a) -> None:
+    torch.set_num_threads(a.threads)
+    crops = make_crops(Path(a.images), Path(a.out) / "crops", a.crop)
+    log = Path(a.out) / f"{a.kind}.jsonl"
+    done = set()
+    if log.exists():
+        done = {(r["q"], r["image"], r["iters"]) for r in map(json.loads, log.read_text().splitlines())}
+    for q in shipped_qualities(a.kind):
+        base = open_codec(shipped_checkpoint(q, a.kind), backend="torch")
+        for p in crops:
+            img = load_rgb(p)[0]
+            for iters in (0, a.iters):
+                if (q, p.name, iters) in done:
+                    continue
+                codec = RefiningCodec(base.runner, iters, a.lr) if iters else base
+                t = time.perf_counter()
+                data, _ = codec.compress(img)
+                enc = time.perf_counter() - t
+                out, _ = base.decompress(data)  # the unchanged decoder
+                rec = {"q": q, "image": p.name, "iters": iters, "lr": a.lr if iters else 0.0,
+                       "bpp": 8 * len(data) / (img.shape[0] * img.shape[1]), "psnr": psnr(out, img), "enc_s": enc}
+                with log.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(a.kind, json.dumps(rec), flush=True)
+
+
+def curve(records: list[dict], name: str) -> dict:
+    qs = sorted({r["q"] for r in records})
+    res = {"bpp": [], "psnr-rgb": []}
+    for q in qs:
+        pts = [r for r in records if r["q"] == q]
+        res["bpp"].append(float(np.mean([r["bpp"] for r in pts])))
+        res["psnr-rgb"].append(float(np.mean([r["psnr"] for r in pts])))
+    return {"name": name, "results": res, "images": len({r["image"] for r in records})}
+
+
+def report(a) -> None:
+    out = Path(a.out)
+    curves = {}
+    for kind in ("ilc", "baseline"):
+        recs = [json.loads(s) for s in (out / f"{kind}.jsonl").read_text().splitlines()]
+        for iters in sorted({r["iters"] for r in recs}):
+            sel = [r for r in recs if r["iters"] == iters]
+            curves[f"{kind} refine {iters}" if iters else kind] = curve(sel, kind)
+    jpeg_file = out / "pillow_jpeg.json"
+    if not jpeg_file.exists():
+        jpeg_file.write_text(json.dumps(pillow_curve(out / "crops", "JPEG")))
+    curves["Pillow JPEG"] = json.loads(jpeg_file.read_text())
+    names = [n for n in curves if n != "Pillow JPEG"]
+    lines = ["| curve | images | bpp (q1/q2/q3) | PSNR (q1/q2/q3) | vs Pillow JPEG | vs ILC | vs baseline |",
+             "|---|---|---|---|---|---|---|"]
+    table = {}
+    for n in names:
+        c = curves[n]
+        row = {k: bd_rate(curves[k], c) for k in ("Pillow JPEG", "ilc", "baseline") if k in curves}
+        table[n] = {"curve": c["results"], "bd_rate": row}
+        lines.append(f"| {n} | {c.get('images', '')} | {' / '.join(f'{v:.3f}' for v in c['results']['bpp'])} | "
+                     f"{' / '.join(f'{v:.2f}' for v in c['results']['psnr-rgb'])} | " +
+                     " | ".join(f"{row.get(k, float('nan')):+.1f} %" for k in ("Pillow JPEG", "ilc", "baseline")) + " |")
+    (out / "refine_ab.json").write_text(json.dumps(table, indent=1))
+    (out / "refine_ab.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("phase", choices=["run", "report"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--kind", choices=["ilc", "baseline"], default="ilc")
+    ap.add_argument("--images", default=str(KODAK))
+    ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=DEFAULT_ITERS)
+    ap.add_argument("--lr", type=float, default=DEFAULT_LR)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    run(a) if a.phase == "run" else report(a)
+
+
+if __name__ == "__main__":
+    main()
