@@ -20,7 +20,7 @@ backend) and the rest (container, padding, rounding). Reported per backend and t
   torch.mm's peak is shown too (torch's own BLAS).
 
 The checkpoint is never modified: if it lacks codec tables, a copy in a temp folder is
-finalized (ilc_export.codec.tables_build.finalize_checkpoint) and exported to ONNX there.
+finalized (ilc_export.export.tables_build.finalize_checkpoint) and exported to ONNX there.
 Timings are only comparable within one run (see ../shared/SPEC.md section 5).
 """
 from __future__ import annotations
@@ -52,14 +52,17 @@ import flops as flops_mod
 def has_tables(ckpt: Path) -> bool:
     from safetensors import safe_open
 
+    from ilc_export.contract.model_id import TABLE_PREFIX
+
     with safe_open(str(ckpt), framework="numpy") as f:
-        return any(k.startswith("tables.") for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+        return any(k.startswith(TABLE_PREFIX) for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
 
 
 def prepare_models(ckpt: Path, onnx_dir: Path | None, tmp: Path, calib: Path | None = None,
                    say=print) -> tuple[Path, Path, list[str]]:
     """(checkpoint with tables, ONNX export folder, warnings); never writes to `ckpt`."""
-    from ilc_export.export.manifest import model_id_of_file, read_manifest
+    from ilc_export.contract.manifest import read_manifest
+    from ilc_export.contract.model_id import model_id_of_file
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
@@ -69,7 +72,7 @@ def prepare_models(ckpt: Path, onnx_dir: Path | None, tmp: Path, calib: Path | N
     warnings: list[str] = []
     shutil.copyfile(ckpt, copy)
     if not has_tables(copy):
-        from ilc_export.codec.tables_build import finalize_checkpoint
+        from ilc_export.export.tables_build import finalize_checkpoint
 
         say(f"{ckpt.name} has no codec tables: finalizing a copy in {tmp}")
         finalize_checkpoint(copy, calib)

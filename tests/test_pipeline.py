@@ -46,7 +46,7 @@ def test_seeded_z_is_reproducible_and_recorded(codec, sample_image):
 def test_wrong_model_is_refused(codec, tiny_ckpt, tmp_path, sample_image):
     import torch
 
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_reference.checkpoint import load_model, save_checkpoint
 
     m = load_model(tiny_ckpt)

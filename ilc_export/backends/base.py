@@ -8,7 +8,7 @@ Graphs (names, inputs, outputs; all float32, NCHW; h = H/16, w = W/16):
   forward:    image (B,3,H,W) in [0,1]  -> y (B,M,h,w), z (B,Z,h,w), w (B,Nh,h/4,w/4)
   hyper_mean: w_hat (B,Nh,h/4,w/4)      -> mu (B,M,h,w)
   inverse:    y_hat (B,M,h,w), z (B,Z,h,w) -> image (B,3,H,W) (not clipped)
-H and W must be multiples of ilc_reference.config.PAD_MULTIPLE.
+H and W must be multiples of ilc_export.contract.geometry.PAD_MULTIPLE.
 The scale branch is not a graph: the codec core runs it as an exact integer network.
 
 Capabilities (``Runner.capabilities``, declared by each runner, Polygraphy-style): callers
@@ -30,12 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "forward": (("image",), ("y", "z", "w")),
-    "hyper_mean": (("w_hat",), ("mu",)),
-    "inverse": (("y_hat", "z"), ("image",)),
-}
-
+from ..contract.graphs import GRAPHS
 
 #: capability name: the runner implements encode_tile / decode_tile
 FUSED_TILES = "fused_tiles"
@@ -60,7 +55,7 @@ class Runner(ABC):
     def __init__(self, source: Path, model_id: str, config):
         self.source = Path(source)
         self.model_id = model_id  # hex string, identifies weights + codec tables
-        self.config = config  # ilc_reference.config.ModelConfig
+        self.config = config  # ilc_export.contract.config.ModelConfig
 
     @abstractmethod
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,15 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.manifest import (
-    PRECISIONS,
-    TABLES_NAME,
-    ManifestError,
-    graph_file,
-    read_manifest,
-    verify_files,
-)
-from .base import FUSED_TILES, GRAPHS, BackendError, Runner
+from ..contract.config import ModelConfig
+from ..contract.graphs import GRAPHS
+from ..contract.manifest import PRECISIONS, TABLES_NAME, ManifestError, graph_file, read_manifest, verify_files
+from .base import FUSED_TILES, BackendError, Runner
 
 #: preferred providers, best first; only those this onnxruntime build has are used
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -66,12 +61,6 @@ def parse_providers(providers) -> list:
     return out
 
 
-def _config_from(manifest: dict):
-    from ilc_reference.config import ModelConfig  # torch-free module
-
-    return ModelConfig.from_dict(manifest["config"])
-
-
 class OrtRunner(Runner):
     name = "onnxruntime"
     capabilities = frozenset({FUSED_TILES})
@@ -98,7 +87,7 @@ class OrtRunner(Runner):
                 verify_files(source, manifest, sorted(set(files.values()) | {TABLES_NAME}))
         except ManifestError as e:
             raise BackendError(str(e)) from e
-        super().__init__(source, manifest["model_id"], _config_from(manifest))
+        super().__init__(source, manifest["model_id"], ModelConfig.from_dict(manifest["config"]))
         self.manifest = manifest
         self.precision = precision
         self.files = files

@@ -64,7 +64,7 @@ class TorchRunner(Runner):
 
         from ilc_reference.checkpoint import load_model
 
-        from ..codec.tables import model_id_of_file
+        from ..contract.model_id import model_id_of_file
 
         if precision not in TORCH_PRECISIONS:
             raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(TORCH_PRECISIONS)}")

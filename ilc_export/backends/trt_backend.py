@@ -20,38 +20,35 @@ manifest checks (version, compute capability, profile) are tested on CPU.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .base import GRAPHS, BackendError, Runner
-
-FORMAT = "ilc-trt-engines"  # ilc_export.export.trt_build.FORMAT (not imported: keep this torch- and onnx-free)
-MANIFEST = "manifest.json"
+from ..contract.config import ModelConfig
+from ..contract.graphs import GRAPHS
+from ..contract.manifest import ENGINE_FORMAT, MANIFEST_NAME, ManifestError, peek_manifest, read_manifest
+from .base import BackendError, Runner
 
 
 # --------------------------------------------------------------------------- manifest checks
 def read_engine_manifest(source: Path) -> tuple[Path, dict]:
     """(engine folder, manifest) for a folder or its manifest.json; BackendError if it is not one."""
     source = Path(source)
-    folder = source.parent if source.name == MANIFEST else source
-    mpath = folder / MANIFEST
+    folder = source.parent if source.name == MANIFEST_NAME else source
     if source.is_file() and source.suffix in (".engine", ".plan", ".trt"):
-        raise BackendError(f"{source}: give the engine folder (with {MANIFEST}), not one engine file")
-    if not mpath.is_file():
-        raise BackendError(f"no TensorRT engines in {folder}: {MANIFEST} missing (build them with `ilc-export trt`)")
-    try:
-        m = json.loads(mpath.read_text())
-    except ValueError as e:
-        raise BackendError(f"{mpath}: unreadable manifest ({e})") from e
-    if m.get("format") != FORMAT:
+        raise BackendError(f"{source}: give the engine folder (with {MANIFEST_NAME}), not one engine file")
+    if not (folder / MANIFEST_NAME).is_file():
+        raise BackendError(f"no TensorRT engines in {folder}: {MANIFEST_NAME} missing (build them with `ilc-export trt`)")
+    m = peek_manifest(folder)
+    if m is not None and m.get("format") != ENGINE_FORMAT:
         hint = " (that is an ONNX export: use --backend onnxruntime, or build engines with `ilc-export trt`)" if (
             folder / "forward.onnx").exists() else ""
         raise BackendError(f"{folder} does not hold TensorRT engines{hint}")
-    if int(m.get("format_version", 0)) > 1:
-        raise BackendError(f"{mpath}: engine manifest version {m['format_version']} is newer than this ilc-export reads")
+    try:
+        m = read_manifest(folder, ENGINE_FORMAT)
+    except ManifestError as e:
+        raise BackendError(str(e)) from e
     missing = [g for g in GRAPHS if g not in m.get("engines", {})]
     if missing:
         raise BackendError(f"{folder}: no engine for {', '.join(missing)} (rebuild all graphs with `ilc-export trt`)")
@@ -243,8 +240,8 @@ class TrtRunner(Runner):
     name = "tensorrt"
 
     def __init__(self, source: Path, device: int = 0, verify: bool = True):
-        from ilc_export.export import cuda_probe
-        from ilc_export.export.trt_flavours import FlavourError, detect
+        from .tensorrt import cuda_probe
+        from .tensorrt.flavour import FlavourError, detect
 
         folder, m = read_engine_manifest(source)
         try:
@@ -257,8 +254,6 @@ class TrtRunner(Runner):
         check_engine_compat(m, flavour, version, cc, cuda_probe.device_name(device))
         config = None
         if m.get("config"):
-            from ilc_reference.config import ModelConfig  # torch-free
-
             config = ModelConfig.from_dict(m["config"])
         super().__init__(folder, m.get("model_id") or "", config)
         self.manifest = m

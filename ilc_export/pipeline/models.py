@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import ilc_reference
+from ..contract.manifest import (ENGINE_FORMAT, MANIFEST_NAME, ONNX_FORMAT, PRECISIONS, manifest_format, peek_manifest,
+                                 read_manifest)
+from ..contract.model_id import TABLE_PREFIX, model_id_of_file
+from ..contract.safetensors import read_header
 
 DEFAULT_QUALITY = 2
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +35,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODEL_PATH_ENV = "ILC_MODEL_PATH"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
-ONNX_FORMAT = "ilc-onnx-export"  # ilc_export.export.manifest.FORMAT
-ENGINE_FORMAT = "ilc-trt-engines"  # ilc_export.export.trt_build.FORMAT
-PRECISIONS = ("fp32", "fp16")
+#: the package whose data holds the shipped checkpoints (located, never imported: it trains)
+SHIPPED_PACKAGE = "ilc_reference"
 #: what each backend loads
 SOURCE_KIND = {"torch": "checkpoint", "onnxruntime": "onnx", "tensorrt": "engines"}
 _KIND_BACKEND = {v: k for k, v in SOURCE_KIND.items()}
@@ -53,8 +55,14 @@ class UsageError(ValueError):
     """Options that contradict each other or name nothing valid."""
 
 
+@lru_cache(maxsize=1)
 def checkpoint_dir() -> Path:
-    return Path(ilc_reference.__file__).parent / "checkpoints"
+    """Where the shipped checkpoints live: the reference package's data folder."""
+    spec = importlib.util.find_spec(SHIPPED_PACKAGE)
+    where = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not where:
+        return PROJECT_ROOT / "reference" / SHIPPED_PACKAGE / "checkpoints"
+    return Path(where[0]) / "checkpoints"
 
 
 def shipped_checkpoint(quality: int = DEFAULT_QUALITY, kind: str = "ilc") -> Path:
@@ -85,8 +93,6 @@ def is_shipped(path: str | Path) -> bool:
 
 @lru_cache(maxsize=64)
 def _id_of(path: str, mtime: float, size: int) -> str:
-    from ..codec.tables import model_id_of_file
-
     return model_id_of_file(Path(path))
 
 
@@ -94,10 +100,9 @@ def model_id(path: Path) -> str:
     """Model id of a checkpoint file, or of an export/engine folder (from its manifest)."""
     path = Path(path)
     if path.is_dir():
-        m = path / "manifest.json"
-        if not m.exists():
-            raise ModelNotFound(f"{path}: no manifest.json (not an ONNX export or engine folder)")
-        return json.loads(m.read_text())["model_id"]
+        if not (path / MANIFEST_NAME).exists():
+            raise ModelNotFound(f"{path}: no {MANIFEST_NAME} (not an ONNX export or engine folder)")
+        return read_manifest(path, None)["model_id"]
     st = path.stat()
     return _id_of(str(path), st.st_mtime, st.st_size)
 
@@ -143,36 +148,23 @@ def normalise_backend(backend: str | None) -> str | None:
 
 
 # -- what a path is --------------------------------------------------------------------------
-def _manifest(folder: Path) -> dict | None:
-    """folder/manifest.json as a dict; None when it is missing or not a JSON object."""
-    try:
-        m = json.loads((folder / "manifest.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return m if isinstance(m, dict) else None
-
-
-def _manifest_format(folder: Path) -> str | None:
-    return (_manifest(folder) or {}).get("format")
-
-
 def source_kind(path: str | Path) -> str:
     """'checkpoint', 'onnx' or 'engines' for a model path; ModelError naming the path otherwise.
 
     A checkpoint is checked without torch: a safetensors header with the model config, codec
     tables, and every tensor inside the file (its model id is computed)."""
     path = Path(path)
-    if path.name == "manifest.json" and path.is_file():
+    if path.name == MANIFEST_NAME and path.is_file():
         path = path.parent
     if not path.exists():
         raise ModelError(f"{path}: no such file or folder (expected {_EXPECTED})")
     if path.is_dir():
-        fmt = _manifest_format(path)
+        fmt = manifest_format(path)
         if fmt == ONNX_FORMAT:
             return "onnx"
         if fmt == ENGINE_FORMAT:
             return "engines"
-        if not (path / "manifest.json").exists():
+        if not (path / MANIFEST_NAME).exists():
             raise ModelError(f"{path}: folder has no manifest.json (expected an ONNX export folder from "
                              "`ilc-export onnx` or an engine folder from `ilc-export trt`)")
         raise ModelError(f"{path}: manifest.json is not an ILC ONNX export or engine manifest")
@@ -183,8 +175,6 @@ def source_kind(path: str | Path) -> str:
 def check_checkpoint(path: Path) -> dict:
     """ModelError unless `path` is a safetensors ILC checkpoint with codec tables (torch-free);
     returns its safetensors metadata."""
-    from ..codec.tables import TABLE_PREFIX
-
     what = f"{path}: not an ILC checkpoint (expected a .safetensors file from ilc-train or `ilc-export tables`)"
     if not path.exists():
         raise ModelError(f"{path}: checkpoint not found")
@@ -192,14 +182,8 @@ def check_checkpoint(path: Path) -> dict:
         raise ModelError(f"{what}: a folder")
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 0 < n <= min(path.stat().st_size - 8, 100 * 2**20):
-                raise ModelError(f"{what}: not a safetensors file")
-            header = json.loads(f.read(n))
-    except (UnicodeDecodeError, ValueError) as e:
-        if isinstance(e, ModelError):
-            raise
+            header, _ = read_header(f, path, path.stat().st_size)
+    except ValueError:
         raise ModelError(f"{what}: not a safetensors file") from None
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -233,7 +217,7 @@ def _shipped_by_name(name: str) -> Path | None:
 def _manifest_precision_ok(folder: Path, kind: str, precision: str | None) -> bool:
     if precision is None:
         return True
-    m = _manifest(folder)
+    m = peek_manifest(folder)
     if m is None:
         return False
     if kind == "onnx":
@@ -250,14 +234,14 @@ def _candidates(kind: str, roots: list[Path], precision: str | None) -> list[Pat
         if root.is_file():
             if kind == "checkpoint" and root.suffix == ".safetensors":
                 out.append(root)
-            elif root.name == "manifest.json" and _manifest_format(root.parent) == want:
+            elif root.name == MANIFEST_NAME and manifest_format(root.parent) == want:
                 out.append(root.parent)
             continue
         if kind == "checkpoint":
             out += sorted(root.rglob("*.safetensors"))
         else:
-            out += [m.parent for m in sorted(root.rglob("manifest.json"))
-                    if _manifest_format(m.parent) == want and _manifest_precision_ok(m.parent, kind, precision)]
+            out += [m.parent for m in sorted(root.rglob(MANIFEST_NAME))
+                    if manifest_format(m.parent) == want and _manifest_precision_ok(m.parent, kind, precision)]
     return out
 
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ilc_reference.config import PAD_MULTIPLE, latent_shape
-
 from ..codec.bitstream import Header
 from ..codec.errors import BitstreamError
+from ..contract.geometry import PAD_MULTIPLE, latent_shape
 
 #: Largest tile side the encoder uses unless told otherwise (pixels, multiple of PAD_MULTIPLE).
 DEFAULT_TILE = 1024
