@@ -349,7 +349,7 @@ def _csv(s: str, kind=str) -> list:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ilc_export.backends import ALIASES
+    from ilc_export.backends import registry
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, type=Path, help="checkpoint (.safetensors); never modified")
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, help="write all results here")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
-    backends = [ALIASES.get(b, b) for b in _csv(args.backends)]
+    backends = [registry.canonical(b) or b for b in _csv(args.backends)]
     threads = _csv(args.threads, int)
     from rich.console import Console
 

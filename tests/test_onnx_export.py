@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from ilc_reference.config import PAD_MULTIPLE
 from test_onnx_fixtures import tiny_checkpoint, tiny_export
 
-from ilc_export.backends.base import GRAPHS
+from ilc_export.contract.graphs import GRAPHS
 from ilc_export.export import fp16 as fp16_mod
 from ilc_export.contract.files import sha256_file
 from ilc_export.contract.manifest import read_manifest

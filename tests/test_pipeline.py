@@ -144,7 +144,7 @@ def test_expand_inputs_globs(tmp_path):
 
 def test_onnxruntime_path_does_not_import_torch():
     code = (
-        "import sys; import ilc_export.pipeline.api, ilc_export.backends.ort_backend, ilc_export.codec.entropy, "
+        "import sys; import ilc_export.pipeline.api, ilc_export.backends.onnxrt.runner, ilc_export.codec.entropy, "
         "ilc_export.cli.run_cli; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from ilc_export.backends import BackendError, load_backend
-from ilc_export.backends.trt_backend import check_engine_compat, check_profile, read_engine_manifest
+from ilc_export.backends.tensorrt.loader import check_engine_compat, read_engine_manifest
+from ilc_export.backends.tensorrt.runner import check_profile
 from ilc_export.backends.tensorrt import cuda_probe
 
 MAN = {"format": "ilc-trt-engines", "format_version": 1, "flavour": "tensorrt_rtx", "trt_version": "1.7.1.116",

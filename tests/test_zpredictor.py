@@ -222,14 +222,14 @@ def test_onnx_inverse_graph_computes_g_forward_graph_unchanged(tmp_path):
 
 
 def test_torch_backend_and_codec_decode_with_g(tmp_path):
-    from ilc_export.backends.torch_backend import TorchRunner
+    from ilc_export.backends import load_backend
     from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_export.pipeline.api import open_codec
 
     gm = _g_model()
     path = save_checkpoint(gm, tmp_path / "with-g")
     finalize_checkpoint(path)
-    run = TorchRunner(path)
+    run = load_backend("torch", path)
     y = torch.randn(1, gm.cfg.latent_channels, 4, 4)
     z = torch.zeros(1, gm.cfg.z_channels, 4, 4)
     out = run.run("inverse", {"y_hat": y.numpy(), "z": z.numpy()})["image"]

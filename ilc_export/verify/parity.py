@@ -171,14 +171,14 @@ def verify_export(
 
     `images`: paths or uint8 HxWx3 arrays (default: a synthetic 128x192 pattern). Precisions
     missing from the export are reported as skipped, not failed. ``report["pass"]`` is the verdict.
-    providers: onnxruntime execution providers (``ort_backend.parse_providers``); device: where
+    providers: onnxruntime execution providers (``backends.onnxrt.loader.parse_providers``); device: where
     the torch reference runs (cpu, cuda[:N]).
     """
     import torch
     from ilc_reference.checkpoint import load_model
 
-    from ..backends.ort_backend import load as load_ort
-    from ..backends.torch_backend import resolve_device
+    from ..backends.onnxrt.loader import load as load_ort
+    from ..backends.pytorch.loader import resolve_device
     from ..pipeline.image_io import pad_to_multiple, to_nchw
 
     say = progress or (lambda msg: None)

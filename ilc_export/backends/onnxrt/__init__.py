@@ -1,0 +1,19 @@
+"""The ONNX Runtime backend: runs an ONNX export folder's graphs (``ilc-export onnx``).
+
+``loader.load`` checks the folder and options, ``runner.OrtRunner`` runs the graphs. Importing
+this package imports neither (nor onnxruntime): the registry reads :data:`SPEC` only.
+"""
+from ..base import FUSED_TILES, ONNX_EXPORT, BackendSpec
+
+SPEC = BackendSpec(
+    name="onnxruntime",
+    loader="ilc_export.backends.onnxrt.loader:load",
+    source=ONNX_EXPORT,
+    source_noun="an ONNX export folder",
+    make="ilc-export onnx",
+    aliases=("ort",),
+    capabilities=frozenset({FUSED_TILES}),
+    precisions=("fp32", "fp16"),
+    requires=("onnxruntime",),
+    gpu_by_default=True,
+)
