@@ -39,7 +39,8 @@ from ..contract.files import sha256_file, write_atomic
 from ..contract.geometry import PAD_MULTIPLE
 from ..contract.graphs import FP32_GRAPHS, GRAPH_NAMES, TENSOR_STRIDE
 from ..contract.manifest import ENGINE_FORMAT as FORMAT
-from ..contract.manifest import FORMAT_VERSIONS, write_manifest
+from ..contract.manifest import (FORMAT_VERSIONS, ONNX_FORMAT, ManifestError, manifest_format, read_manifest,
+                                 write_manifest)
 from ..contract.manifest import MANIFEST_NAME as MANIFEST
 from .trt_flavours import BuildFlavour, detect
 
@@ -110,16 +111,16 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
 
 
 def load_onnx_manifest(onnx_dir: Path) -> dict:
-    p = Path(onnx_dir) / MANIFEST
-    if not p.exists():
+    """The export's manifest; {} for a folder of .onnx files without one."""
+    onnx_dir = Path(onnx_dir)
+    if not (onnx_dir / MANIFEST).exists():
         return {}
-    try:
-        m = json.loads(p.read_text())
-    except ValueError as e:
-        raise BuildError(f"{p}: not valid JSON ({e})") from e
-    if m.get("format") == FORMAT:
+    if manifest_format(onnx_dir) == FORMAT:
         raise BuildError(f"{onnx_dir} holds TensorRT engines, not ONNX graphs")
-    return m
+    try:
+        return read_manifest(onnx_dir, ONNX_FORMAT)
+    except ManifestError as e:
+        raise BuildError(str(e)) from e
 
 
 def find_onnx(onnx_dir: Path, graph: str, fp16: bool, manifest: dict | None = None) -> Path:

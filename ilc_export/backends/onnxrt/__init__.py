@@ -6,14 +6,8 @@ this package imports neither (nor onnxruntime): the registry reads :data:`SPEC` 
 from ..base import FUSED_TILES, ONNX_EXPORT, BackendSpec
 
 SPEC = BackendSpec(
-    name="onnxruntime",
-    loader="ilc_export.backends.onnxrt.loader:load",
-    source=ONNX_EXPORT,
-    source_noun="an ONNX export folder",
-    make="ilc-export onnx",
-    aliases=("ort",),
-    capabilities=frozenset({FUSED_TILES}),
-    precisions=("fp32", "fp16"),
-    requires=("onnxruntime",),
-    gpu_by_default=True,
+    "onnxruntime", "ilc_export.backends.onnxrt.loader:load", ONNX_EXPORT, "an ONNX export folder",
+    make="ilc-export onnx", aliases=("ort",), capabilities=frozenset({FUSED_TILES}), precisions=("fp32", "fp16"),
+    requires=("onnxruntime",), requires_name="onnxruntime", install="pip install onnxruntime",
+    gpu_by_default=True,  # the CUDA / TensorRT execution providers, where this onnxruntime has them
 )

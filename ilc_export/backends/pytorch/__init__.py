@@ -6,14 +6,8 @@ Importing this package imports neither (nor torch): the registry reads :data:`SP
 from ..base import CHECKPOINT, DEVICE_PIXELS, FUSED_TILES, BackendSpec
 
 SPEC = BackendSpec(
-    name="torch",
-    loader="ilc_export.backends.pytorch.loader:load",
-    source=CHECKPOINT,
-    source_noun="a checkpoint (.safetensors)",
-    aliases=("pytorch",),
-    capabilities=frozenset({FUSED_TILES, DEVICE_PIXELS}),
-    precisions=("fp32", "fp16"),
-    requires=("torch",),
-    requires_name="PyTorch",
-    install="pip install 'torch==2.13.0' (CPU build)",
+    "torch", "ilc_export.backends.pytorch.loader:load", CHECKPOINT, "a checkpoint (.safetensors)",
+    aliases=("pytorch",), capabilities=frozenset({FUSED_TILES, DEVICE_PIXELS}), precisions=("fp32", "fp16"),
+    requires=("torch",), requires_name="PyTorch", install="pip install 'torch==2.13.0' (CPU build)",
+    gpu_by_default=False,  # --device cpu unless told otherwise
 )

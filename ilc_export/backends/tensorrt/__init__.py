@@ -7,14 +7,10 @@ TensorRT): the registry reads :data:`SPEC` only.
 """
 from ..base import ENGINES, MAX_SHAPE, BackendSpec
 
+# No `requires`: either TensorRT flavour will do (tensorrt or tensorrt_rtx); the loader says
+# which is missing.
 SPEC = BackendSpec(
-    name="tensorrt",
-    loader="ilc_export.backends.tensorrt.loader:load",
-    source=ENGINES,
-    source_noun="a TensorRT engine folder",
-    make="ilc-export trt",
-    aliases=("trt",),
-    capabilities=frozenset({MAX_SHAPE}),
-    precisions=("fp32", "fp16"),
-    gpu_by_default=True,
+    "tensorrt", "ilc_export.backends.tensorrt.loader:load", ENGINES, "a TensorRT engine folder",
+    make="ilc-export trt", aliases=("trt",), capabilities=frozenset({MAX_SHAPE}), precisions=("fp32", "fp16"),
+    gpu_by_default=True,  # engines run on a CUDA GPU only
 )
