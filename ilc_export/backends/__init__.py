@@ -8,7 +8,9 @@ May import: numpy, ``ilc_export.contract`` and ``ilc_export.codec``; a backend's
 model is loaded. The torch backend alone also imports the reference model (``ilc_reference``),
 which it runs. Never the pipeline or the tooling (export, verify, cli).
 """
+from . import registry
 from .base import DEVICE_PIXELS, FUSED_TILES, MAX_SHAPE, BackendError, BackendSpec, Runner
-from .registry import get, load_backend
+from .registry import load_backend
 
-__all__ = ["DEVICE_PIXELS", "FUSED_TILES", "MAX_SHAPE", "BackendError", "BackendSpec", "Runner", "get", "load_backend"]
+__all__ = ["DEVICE_PIXELS", "FUSED_TILES", "MAX_SHAPE", "BackendError", "BackendSpec", "Runner", "load_backend",
+           "registry"]
