@@ -20,7 +20,7 @@ def _perturb(a: np.ndarray, rel: float, rng: np.random.Generator) -> np.ndarray:
 def perturbed_round_trip(codec: ImageCodec, img: np.ndarray, rel: float = 1e-3, seed: int = 0,
                          ref: dict | None = None) -> dict:
     """`ref`: the clean encoder's `codec.latents(img)`, if the caller already has them."""
-    from ..contract.geometry import latent_shape
+    from ilc_reference.config import latent_shape
 
     rng = np.random.default_rng(seed)
     x = model_input(img)
