@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..backends import load_backend
-from ..codec.bitstream import file_mode_for, unpack
+from ..codec.bitstream import unpack
+from ..contract.files import file_mode_for
 from ..codec.errors import BitstreamError
 from .codec import ImageCodec, Stats
 from .image_io import IMAGE_SUFFIXES, ImageError, load_rgb
