@@ -4,7 +4,7 @@
     python scripts/refine_ab.py run    --out runs/refine/r1 --kind baseline
     python scripts/refine_ab.py report --out runs/refine/r1
 
-`run` writes centre crops of the Kodak images (--crop px a side) once, then for every
+`run` writes centre crops of the Kodak images (--crop px a side; 0: whole images) once, then for every
 shipped quality and crop compresses to a real file without and with refinement, decodes it
 with the unchanged decoder and appends one record to <out>/<kind>.jsonl (resumable).
 `report` adds Pillow JPEG on the same crops and prints BD-rates (Bjontegaard, PSNR-RGB).
@@ -41,15 +41,19 @@ class RefiningCodec(ImageCodec):
     def latents(self, img):
         lat = super().latents(img)
         m = self.runner.model
-        x = torch.from_numpy(model_input(img))
-        w_hat = torch.from_numpy(lat["w_hat"][None].astype(np.float32))
-        y = refine_latents(m, x, torch.from_numpy(lat["y"][None].copy()), w_hat, self.iters, self.lr,
+        dev = next(m.parameters()).device
+        x = torch.from_numpy(model_input(img)).to(dev)
+        w_hat = torch.from_numpy(lat["w_hat"][None].astype(np.float32)).to(dev)
+        y = refine_latents(m, x, torch.from_numpy(lat["y"][None].copy()).to(dev), w_hat, self.iters, self.lr,
                            valid=img.shape[:2])
-        lat["y"] = y[0].numpy()
+        lat["y"] = y[0].cpu().numpy()
         return lat
 
 
 def make_crops(src: Path, dst: Path, crop: int) -> list[Path]:
+    """Centre crops crop x crop of src/*.png written to dst (crop 0: the images themselves)."""
+    if crop <= 0:
+        return sorted(src.glob("*.png"))
     dst.mkdir(parents=True, exist_ok=True)
     out = []
     for p in sorted(src.glob("*.png")):
@@ -68,13 +72,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def run(a) -> None:
     torch.set_num_threads(a.threads)
-    crops = make_crops(Path(a.images), Path(a.out) / "crops", a.crop)
+    crops = make_crops(Path(a.images), Path(a.out) / "crops", a.crop)[:a.limit or None]
     log = Path(a.out) / f"{a.kind}.jsonl"
     done = set()
     if log.exists():
         done = {(r["q"], r["image"], r["iters"]) for r in map(json.loads, log.read_text().splitlines())}
     for q in shipped_qualities(a.kind):
-        base = open_codec(shipped_checkpoint(q, a.kind), backend="torch")
+        base = open_codec(shipped_checkpoint(q, a.kind), backend="torch", device=a.device)
         for p in crops:
             img = load_rgb(p)[0]
             for iters in (0, a.iters):
@@ -105,14 +109,23 @@ def curve(records: list[dict], name: str) -> dict:
 def report(a) -> None:
     out = Path(a.out)
     curves = {}
+    recs_of = {k: [json.loads(s) for s in (out / f"{k}.jsonl").read_text().splitlines()] for k in ("ilc", "baseline")}
+    # only images every (kind, quality, iters) has, so all curves average the same images
+    keys = {(r["q"], r["iters"], k) for k, recs in recs_of.items() for r in recs}
+    common = set.intersection(*({r["image"] for r in recs_of[k] if (r["q"], r["iters"]) == (q, i)} for q, i, k in keys))
+    images = sorted(common)
+    assert images == sorted(p.name for p in make_crops(Path(a.images), out / "crops", a.crop))[:len(images)], \
+        "report needs the first N images of the sorted set (Pillow's curve is computed on those)"
     for kind in ("ilc", "baseline"):
-        recs = [json.loads(s) for s in (out / f"{kind}.jsonl").read_text().splitlines()]
+        recs = [r for r in recs_of[kind] if r["image"] in common]
         for iters in sorted({r["iters"] for r in recs}):
             sel = [r for r in recs if r["iters"] == iters]
             curves[f"{kind} refine {iters}" if iters else kind] = curve(sel, kind)
-    jpeg_file = out / "pillow_jpeg.json"
+    jpeg_file = out / f"pillow_jpeg_{len(images)}.json"
     if not jpeg_file.exists():
-        jpeg_file.write_text(json.dumps(pillow_curve(out / "crops", "JPEG")))
+        crops = out / "crops"
+        jpeg_file.write_text(json.dumps(pillow_curve(crops if crops.is_dir() else Path(a.images), "JPEG",
+                                                     limit=len(images))))
     curves["Pillow JPEG"] = json.loads(jpeg_file.read_text())
     names = [n for n in curves if n != "Pillow JPEG"]
     lines = ["| curve | images | bpp (q1/q2/q3) | PSNR (q1/q2/q3) | vs Pillow JPEG | vs ILC | vs baseline |",
@@ -140,6 +153,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=DEFAULT_ITERS)
     ap.add_argument("--lr", type=float, default=DEFAULT_LR)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N images (sorted); 0: all")
+    ap.add_argument("--device", default="cpu", help="torch device of the encoder and decoder (cpu, cuda)")
     a = ap.parse_args()
     run(a) if a.phase == "run" else report(a)
 

@@ -20,6 +20,9 @@ check these, never the backend's name.
     from_nchw, and NaN -> 0, +-inf -> 1 / 0), so only a quarter of the bytes cross.
   MAX_SHAPE: the runner takes images up to ``max_image_size()`` (height, width) only (a
     TensorRT engine's optimisation profile); the pipeline tiles larger images to fit.
+  REFINE (with FUSED_TILES): the loader takes ``refine=N`` (and ``refine_lr``): encode_tile
+    then spends N gradient steps choosing the y that its own decoder reconstructs best for
+    the rate (the file format and every decoder stay as they are; only encoding is slower).
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ FUSED_TILES = "fused_tiles"
 DEVICE_PIXELS = "device_pixels"
 #: capability name: the runner takes images up to max_image_size() only
 MAX_SHAPE = "max_shape"
+#: capability name: the loader takes refine=N (encoder-side latent refinement, needs gradients)
+REFINE = "refine"
 
 #: what a backend loads (the kinds of model source; see ilc_export.pipeline.models.source_kind)
 CHECKPOINT, ONNX_EXPORT, ENGINES = "checkpoint", "onnx", "engines"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from .base import BackendError, BackendSpec, Runner
+from .base import REFINE, BackendError, BackendSpec, Runner
 
 #: backend packages, in the order automatic selection prefers them
 PLUGINS = ("ilc_export.backends.pytorch", "ilc_export.backends.onnxrt", "ilc_export.backends.tensorrt")
@@ -60,4 +60,9 @@ def for_source(kind: str) -> BackendSpec:
 
 def load_backend(name: str, source: str | Path, **options) -> Runner:
     """Load `source` (checkpoint, ONNX export folder or engine folder) with backend `name`."""
-    return get(name).load(source, **options)
+    spec = get(name)
+    if options.get("refine") and REFINE not in spec.capabilities:
+        able = ", ".join(s.name for s in specs().values() if REFINE in s.capabilities)
+        raise BackendError(f"--refine needs gradients through the model: the {spec.name} backend cannot refine; "
+                           f"encode with {able} (any backend decodes the file)")
+    return spec.load(source, **options)

@@ -41,9 +41,14 @@ def resolve_device(device: str | None):
 
 
 def load(source: Path, device: str | None = "cpu", threads: int | None = None, precision: str | None = None,
-         providers=None, **_) -> TorchRunner:
-    """Load checkpoint `source` (.safetensors) on `device` (cpu, cuda, cuda:N)."""
+         providers=None, refine: int = 0, refine_lr: float | None = None, **_) -> TorchRunner:
+    """Load checkpoint `source` (.safetensors) on `device` (cpu, cuda, cuda:N). refine: gradient
+    steps of encoder-side latent refinement per tile (0: none; see ilc_reference.refine)."""
     source = Path(source)
+    if refine is None or int(refine) != refine or refine < 0:
+        raise BackendError(f"--refine takes a number of steps >= 0, got {refine!r}")
+    if refine_lr is not None and not refine_lr > 0:
+        raise BackendError(f"--refine-lr must be > 0, got {refine_lr!r}")
     if providers:
         raise BackendError("--provider chooses ONNX Runtime execution providers; the torch backend takes --device")
     if source.is_dir():
@@ -63,4 +68,11 @@ def load(source: Path, device: str | None = "cpu", threads: int | None = None, p
         model = load_model(source).to(dev)
     except FileNotFoundError as e:
         raise BackendError(str(e)) from e
-    return TorchRunner(source, model_id_of_file(source), model, dev, precision)
+    runner = TorchRunner(source, model_id_of_file(source), model, dev, precision)
+    if refine:
+        from functools import partial
+
+        from ilc_reference.refine import DEFAULT_LR, refine_latents
+
+        runner.refine_fn = partial(refine_latents, iters=int(refine), lr=refine_lr or DEFAULT_LR)
+    return runner

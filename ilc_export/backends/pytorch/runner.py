@@ -8,6 +8,11 @@ the same device. DEVICE_PIXELS: the uint8 tile goes up and the uint8 tile comes 
 the conversions run on the device (a 256-entry table for x / 255, numpy's own float32
 values, so the division cannot differ; round(x * 255) in float32, half to even, as numpy).
 
+REFINE: with ``refine`` > 0 (a loader option, which sets ``refine_fn``), encode_tile replaces y by
+``ilc_reference.refine.refine_latents``' choice for the same w_hat before the symbols are
+taken: gradient steps (fp32, outside inference mode) towards the lowest rate + lambda * MSE
+through this model's own decoder. Files stay decodable by every backend.
+
 fp16 (a CUDA device only): forward and inverse run under autocast; hyper_mean always runs in
 fp32, so mu stays as close as possible to what an fp32 decoder computes. Only the
 reconstruction moves with fp16; every symbol and CDF index stays exact.
@@ -43,6 +48,8 @@ class TorchRunner(Runner):
         self.precision = precision
         super().__init__(ckpt, model_id, model.cfg)
         self.model = model
+        #: REFINE: f(model, x, y, w_hat) -> refined y, set by the loader (None: encode y as it is)
+        self.refine_fn = None
         self._fns = {
             "forward": self._forward,
             "hyper_mean": lambda w_hat: {"mu": model.hyper_mean(w_hat)},
@@ -103,11 +110,20 @@ class TorchRunner(Runner):
             y, w = out["y"], out["w"]
             del out  # z is not needed to encode: it never leaves the device
             w_hat = quantize_w(w[0].cpu().numpy())
+            if self.refine_fn is not None:
+                y = self._refined(x, y, self._to_dev(w_hat[None]))
             mu = self.model.hyper_mean(self._to_dev(w_hat[None]))
             # EntropyCodec.quantize_y on the device: float64 difference, half-to-even rounding
             d = torch.nan_to_num(y.double() - mu.double(), nan=0.0)
             sym = torch.clamp(torch.round(d), -MAX_ABS_SYMBOL, MAX_ABS_SYMBOL).to(torch.int32)
             return w_hat, sym[0].cpu().numpy()
+
+    def _refined(self, x, y, w_hat):
+        """REFINE: the refined y (autograd needs normal tensors: the inference-mode ones are
+        cloned outside inference mode)."""
+        with self._torch.inference_mode(False), self._torch.enable_grad():
+            y = self.refine_fn(self.model, x.clone().float(), y.clone(), w_hat.clone())
+        return y.detach()
 
     def decode_tile(self, w_hat, y_sym, z):
         torch = self._torch
