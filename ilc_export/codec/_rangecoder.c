@@ -1140,6 +1140,262 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* integer scale net kernels (intnet._scale_indices_c): im2col, hidden-layer post (bias,  */
+/* shift, floor, clip, pixel shuffle into the next layer's zero-padded input) and the     */
+/* last layer's post with its own column norms. Plain loops; every value they produce is  */
+/* an exact integer (see intnet's module docstring), so order and vectorisation do not     */
+/* matter.                                                                                 */
+
+static int get_buf_f(PyObject *o, Buf *out, int writable, const char *what) { /* float32 or float64 */
+    out->held = 0;
+    if (PyObject_GetBuffer(o, &out->b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    out->held = 1;
+    const char *f = out->b.format ? out->b.format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    if (!((out->b.itemsize == 4 && f[0] == 'f' && !f[1]) || (out->b.itemsize == 8 && f[0] == 'd' && !f[1]))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a float32 or float64 buffer", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* im2col(xp float32 (cin, hp, wp), cin, hp, wp, r0, n, out (cin*9, n*(wp-2)) float32|float64):
+ * out[(c*3+kh)*3+kw, i*wd+j] = xp[c, r0+i+kh, j+kw] for output rows r0 .. r0+n-1. */
+static PyObject *py_im2col(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    Py_ssize_t cin, hp, wp, r0, n;
+    if (!PyArg_ParseTuple(args, "OnnnnnO", &xo, &cin, &hp, &wp, &r0, &n, &oo)) return NULL;
+    Buf x, o;
+    o.held = 0;
+    PyObject *ret = NULL;
+    if (get_buf(xo, &x, 4, 0, "xp") < 0 || get_buf_f(oo, &o, 1, "out") < 0) goto done;
+    Py_ssize_t wd = wp - 2;
+    if (cin < 1 || hp < 3 || wd < 1 || n < 1 || r0 < 0 || r0 + n > hp - 2 || nitems(&x) != cin * hp * wp ||
+        nitems(&o) != cin * 9 * n * wd) {
+        PyErr_SetString(PyExc_ValueError, "im2col: inconsistent sizes");
+        goto done;
+    }
+    {
+        const float *xv = (const float *)x.b.buf;
+        int f64 = o.b.itemsize == 8;
+        void *ov = o.b.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t c = 0; c < cin; c++)
+            for (Py_ssize_t kh = 0; kh < 3; kh++)
+                for (Py_ssize_t kw = 0; kw < 3; kw++) {
+                    Py_ssize_t row = (c * 3 + kh) * 3 + kw;
+                    for (Py_ssize_t i = 0; i < n; i++) {
+                        const float *restrict src = xv + (c * hp + r0 + i + kh) * wp + kw;
+                        if (f64) {
+                            double *restrict dst = (double *)ov + (row * n + i) * wd;
+                            for (Py_ssize_t j = 0; j < wd; j++) dst[j] = (double)src[j];
+                        } else {
+                            float *restrict dst = (float *)ov + (row * n + i) * wd;
+                            memcpy(dst, src, (size_t)wd * sizeof(float));
+                        }
+                    }
+                }
+        Py_END_ALLOW_THREADS
+        Py_INCREF(Py_None);
+        ret = Py_None;
+    }
+done:
+    rel(&x);
+    rel(&o);
+    return ret;
+}
+
+/* hidden_post(acc float64 (cout, n*w), bias float64 (cout), shift k, act_max,
+ *             dst float32 (cout/4, 2h+2, 2w+2), r0, n, w):
+ * a = clip(floor((acc + b) * 2^-k), 0, act_max), pixel-shuffled (torch.nn.PixelShuffle(2):
+ * channel 4c + 2dy + dx goes to channel c, position (2i+dy, 2j+dx)) into the interior of
+ * the zero-padded dst (border untouched). acc + b is an exact integer (< 2^53), the scaling
+ * by a power of two is exact, and for x >= 0 truncation is floor, so
+ * clip(floor(x), 0, M) == trunc(min(max(x, 0), M)) for an integer M. */
+static PyObject *py_hidden_post(PyObject *self, PyObject *args) {
+    PyObject *ao, *bo, *dobj;
+    Py_ssize_t k, amax, r0, n, w;
+    if (!PyArg_ParseTuple(args, "OOnnOnnn", &ao, &bo, &k, &amax, &dobj, &r0, &n, &w)) return NULL;
+    Buf a, b, d;
+    b.held = d.held = 0;
+    PyObject *ret = NULL;
+    if (get_buf(ao, &a, 8, 0, "acc") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(dobj, &d, 4, 1, "dst") < 0)
+        goto done;
+    {
+        Py_ssize_t cout = nitems(&b), nc = cout / 4, wp2 = 2 * w + 2;
+        Py_ssize_t hp2 = nc > 0 && wp2 > 0 ? nitems(&d) / (nc * wp2) : 0;
+        if (cout < 4 || cout % 4 || w < 1 || n < 1 || r0 < 0 || k < 0 || k > 62 || amax < 0 || amax >= ((Py_ssize_t)1 << 31) ||
+            nitems(&a) != cout * n * w || nitems(&d) != nc * hp2 * wp2 || 2 * (r0 + n) + 2 > hp2) {
+            PyErr_SetString(PyExc_ValueError, "hidden_post: inconsistent sizes");
+            goto done;
+        }
+        const double *av = (const double *)a.b.buf, *bias = (const double *)b.b.buf;
+        float *dv = (float *)d.b.buf;
+        const double inv = ldexp(1.0, -(int)k), top = (double)amax;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t o = 0; o < cout; o++) {
+            const Py_ssize_t c = o >> 2, dy = (o >> 1) & 1, dx = o & 1;
+            const double bo = bias[o];
+            for (Py_ssize_t i = 0; i < n; i++) {
+                const double *restrict arow = av + (o * n + i) * w;
+                float *restrict orow = dv + (c * hp2 + 1 + 2 * (r0 + i) + dy) * wp2 + 1 + dx;
+                for (Py_ssize_t j = 0; j < w; j++) {
+                    double x = (arow[j] + bo) * inv;
+                    x = x > 0.0 ? x : 0.0;
+                    x = x < top ? x : top;
+                    orow[2 * j] = (float)(int32_t)x;
+                }
+            }
+        }
+        Py_END_ALLOW_THREADS
+        Py_INCREF(Py_None);
+        ret = Py_None;
+    }
+done:
+    rel(&a);
+    rel(&b);
+    rel(&d);
+    return ret;
+}
+
+/* last_post(v32 float32 (cout*n), bias f64 (cout), wscale f64 (cout), thresholds f64 (nt),
+ *           out uint8 (cout, hp-2, wp-2) writable (rows r0 .. r0+n/wd-1 written),
+ *           xp float32 (cin, hp, wp) padded input, cin, hp, wp, r0, w64 f64 (cout, cin*9))
+ *   -> number of elements recomputed exactly.
+ * Same as last_layer_post, with the column norms ||im2col column||_2 computed here (sums of
+ * squares of integers below 2^24 over at most 2^26 terms: exact in float64 below 2^53, then
+ * one correctly rounded sqrt and a relative margin of 1e-12). */
+static PyObject *py_last_post(PyObject *self, PyObject *args) {
+    PyObject *vo, *bo, *wo, *to, *oo, *xo, *w6o;
+    Py_ssize_t cin, hp, wp, r0;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnO", &vo, &bo, &wo, &to, &oo, &xo, &cin, &hp, &wp, &r0, &w6o)) return NULL;
+    Buf v, b, w, t, o, x, w6;
+    b.held = w.held = t.held = o.held = x.held = w6.held = 0;
+    PyObject *ret = NULL;
+    if (get_buf(vo, &v, 4, 0, "v") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(wo, &w, 8, 0, "wscale") < 0 ||
+        get_buf(to, &t, 8, 0, "thresholds") < 0 || get_buf(oo, &o, 1, 1, "out") < 0 || get_buf(xo, &x, 4, 0, "xp") < 0 ||
+        get_buf(w6o, &w6, 8, 0, "w64") < 0)
+        goto done;
+    Py_ssize_t cout = nitems(&b), nt = nitems(&t), wd = wp - 2, h = hp - 2;
+    Py_ssize_t n = cout > 0 ? nitems(&v) / cout : 0, nr = wd > 0 ? n / wd : 0;
+    if (cin < 1 || h < 1 || wd < 1 || cout < 1 || nr < 1 || nr * wd != n || nitems(&v) != cout * n || r0 < 0 ||
+        r0 + nr > h || nitems(&w) != cout || nitems(&o) != cout * h * wd || nitems(&x) != cin * hp * wp ||
+        nitems(&w6) != cout * cin * 9 || nt > 254) { /* 255 marks unsettled elements below */
+        PyErr_SetString(PyExc_ValueError, "last_post: inconsistent sizes");
+        goto done;
+    }
+    {
+        const float *vv = (const float *)v.b.buf, *xpv = (const float *)x.b.buf;
+        const double *bias = (const double *)b.b.buf, *ws = (const double *)w.b.buf;
+        const double *th = (const double *)t.b.buf, *wt = (const double *)w6.b.buf;
+        uint8_t *out = (uint8_t *)o.b.buf;
+        Py_ssize_t nexact = 0;
+        int oom = 0;
+        Py_BEGIN_ALLOW_THREADS
+        double *tp = (double *)malloc((size_t)(nt + 2) * sizeof(double));
+        double *sq = (double *)calloc((size_t)(nr + 2) * (size_t)wp, sizeof(double));
+        double *cn = (double *)malloc((size_t)n * sizeof(double));
+        if (!tp || !sq || !cn) oom = 1;
+        if (!oom) {
+            tp[0] = -HUGE_VAL;
+            for (Py_ssize_t j = 0; j < nt; j++) tp[j + 1] = th[j];
+            tp[nt + 1] = HUGE_VAL;
+            /* per padded pixel: sum over channels of a^2 (rows r0 .. r0+nr+1 of xp) */
+            for (Py_ssize_t c = 0; c < cin; c++) {
+                const float *restrict src = xpv + (c * hp + r0) * wp;
+                for (Py_ssize_t q = 0; q < (nr + 2) * wp; q++) {
+                    double a = (double)src[q];
+                    sq[q] += a * a;
+                }
+            }
+            for (Py_ssize_t i = 0; i < nr; i++)
+                for (Py_ssize_t j = 0; j < wd; j++) {
+                    double box = 0.0;
+                    for (Py_ssize_t kh = 0; kh < 3; kh++)
+                        for (Py_ssize_t kw = 0; kw < 3; kw++) box += sq[(i + kh) * wp + j + kw];
+                    cn[i * wd + j] = sqrt(box * (1.0 + 1e-12));
+                }
+        }
+        double t0 = nt ? th[0] : 0.0, inv = 0.0, gmax = (double)nt;
+        if (nt > 1 && th[nt - 1] > th[0]) inv = (double)(nt - 1) / (th[nt - 1] - th[0]);
+        /* fast pass: the guess from the (nearly) uniform thresholds, settled by the bound;
+           unsettled elements are marked 255 (an index is < 255) and redone below */
+        for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
+            const float *restrict vrow = vv + oc * n;
+            uint8_t *restrict orow = out + (oc * h + r0) * wd;
+            const double bo = bias[oc], wo = ws[oc];
+            const double *restrict tpv = tp;
+            const double *restrict cnv = cn;
+            for (Py_ssize_t p = 0; p < n; p++) {
+                double xv = (double)vrow[p] + bo;
+                double bound = wo * cnv[p];
+                double gg = (xv - t0) * inv + 1.0;
+                gg = gg > 0.0 ? gg : 0.0; /* also maps NaN to 0 */
+                gg = gg < gmax ? gg : gmax;
+                int g = (int)gg;
+                int ok = (xv - bound >= tpv[g]) & (xv + bound < tpv[g + 1]);
+                orow[p] = ok ? (uint8_t)g : (uint8_t)255;
+            }
+        }
+        for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
+            const float *vrow = vv + oc * n;
+            uint8_t *orow = out + (oc * h + r0) * wd;
+            const double bo = bias[oc], wo = ws[oc];
+            for (Py_ssize_t p = 0; p < n; p++) {
+                if (orow[p] != 255) continue;
+                double xv = (double)vrow[p] + bo;
+                double bound = wo * cn[p];
+                Py_ssize_t g = 0;
+                int exact = 0;
+                for (;;) {
+                    while (g < nt && xv >= tp[g + 1]) g++;
+                    while (g > 0 && xv < tp[g]) g--;
+                    if (exact || ((xv - bound >= tp[g]) & (xv + bound < tp[g + 1]))) {
+                        orow[p] = (uint8_t)g;
+                        break;
+                    }
+                    /* not settled by the bound: the exact integer dot product, in float64
+                       (every product and partial sum is an integer below 2**53) */
+                    const double *wrow = wt + oc * cin * 9;
+                    Py_ssize_t r = r0 + p / wd, col = p % wd;
+                    double acc = 0.0;
+                    for (Py_ssize_t ci = 0; ci < cin; ci++)
+                        for (Py_ssize_t kh = 0; kh < 3; kh++)
+                            for (Py_ssize_t kw = 0; kw < 3; kw++)
+                                acc += wrow[(ci * 3 + kh) * 3 + kw] * (double)xpv[(ci * hp + r + kh) * wp + col + kw];
+                    xv = acc + bo;
+                    exact = 1;
+                    nexact++;
+                    if (xv != xv) { /* cannot happen for finite inputs; keep the index defined */
+                        orow[p] = 0;
+                        break;
+                    }
+                }
+            }
+        }
+        free(tp);
+        free(sq);
+        free(cn);
+        Py_END_ALLOW_THREADS
+        if (oom) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        ret = PyLong_FromSsize_t(nexact);
+    }
+done:
+    rel(&v);
+    rel(&b);
+    rel(&w);
+    rel(&t);
+    rel(&o);
+    rel(&x);
+    rel(&w6);
+    return ret;
+}
+
 static PyObject *py_set_error_class(PyObject *self, PyObject *cls) {
     Py_XINCREF(cls);
     Py_XSETREF(BitstreamError, cls);
@@ -1156,6 +1412,9 @@ static PyMethodDef methods[] = {
     {"encode_segments", py_encode_segments, METH_VARARGS, "generic encoder: list of (kind, param, symbols)"},
     {"decode_segments", py_decode_segments, METH_VARARGS, "generic decoder: list of (kind, param, count)"},
     {"last_layer_post", py_last_layer_post, METH_VARARGS, "integer scale net: threshold index with an error bound"},
+    {"im2col", py_im2col, METH_VARARGS, "integer scale net: 3x3 im2col of a zero-padded float32 input"},
+    {"hidden_post", py_hidden_post, METH_VARARGS, "integer scale net: bias, shift, floor, clip, pixel shuffle"},
+    {"last_post", py_last_post, METH_VARARGS, "integer scale net: last layer's threshold index with its column norms"},
     {"set_error_class", py_set_error_class, METH_O, "exception class for corrupted streams"},
     {NULL, NULL, 0, NULL},
 };

@@ -373,6 +373,94 @@ def _has_c_post() -> bool:
     return True
 
 
+def _has_c_kernels() -> bool:
+    try:
+        from ._rangecoder import hidden_post, im2col, last_post  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _prepared(tables: CodecTables) -> dict:
+    """The tables' weights in the layouts the C path uses, cached on the tables object (keyed
+    by the identity of the arrays it was made from, which it keeps alive)."""
+    src = tuple(tables.weights) + tuple(tables.biases) + (tables.thresholds, tables.shifts, tables.act_max)
+    hit = tables.__dict__.get("_intnet_prepared")
+    if hit is not None and len(hit[0]) == len(src) and all(a is b for a, b in zip(hit[0], src)):
+        return hit[1]
+    hidden = []
+    for layer in range(2):
+        wt = tables.weights[layer]
+        hidden.append((np.ascontiguousarray(wt.reshape(wt.shape[0], -1), dtype=np.float64),
+                       np.ascontiguousarray(tables.biases[layer], dtype=np.float64),
+                       int(tables.shifts[layer]), int(tables.act_max[layer])))
+    wt = tables.weights[2]
+    cout, k = wt.shape[0], wt[0].size
+    w64 = np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float64)
+    gamma = (k + 2) * _U32 / (1.0 - (k + 2) * _U32)
+    prep = {"hidden": hidden, "w32": np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float32), "w64": w64,
+            "b64": np.ascontiguousarray(tables.biases[2], dtype=np.float64),
+            "wscale": np.sqrt((w64 * w64).sum(axis=1)) * (2.0 * gamma),
+            "thresholds": np.ascontiguousarray(tables.thresholds, dtype=np.float64)}
+    tables.__dict__["_intnet_prepared"] = (src, prep)
+    return prep
+
+
+def _zero_border(xp: np.ndarray) -> np.ndarray:
+    xp[:, 0] = 0
+    xp[:, -1] = 0
+    xp[:, :, 0] = 0
+    xp[:, :, -1] = 0
+    return xp
+
+
+def _scale_indices_c(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
+    """scale_indices with the C kernels: no pass in numpy but the GEMMs.
+
+    Layers 0, 1: im2col (float32 -> float64) and a float64 GEMM per band, then one pass
+    (hidden_post) adds the bias, shifts, floors, clips and pixel-shuffles straight into the
+    next layer's zero-padded float32 input. Last layer: im2col (float32), a float32 GEMM and
+    last_post (error bound, exact float64 recomputation where needed, threshold index),
+    as in _last_layer_indices_f32. Same integers as the float64 path, in any band split."""
+    from . import _rangecoder as rc
+
+    prep = _prepared(tables)
+    nh, h, w = w_hat.shape
+    xp = _zero_border(_work("xq0", (nh, h + 2, w + 2), np.float32))
+    xp[:, 1:-1, 1:-1] = w_hat  # exact: |w_hat| <= 2**20
+    for layer, (w64, b64, k, amax) in enumerate(prep["hidden"]):
+        cin, cout = xp.shape[0], w64.shape[0]
+        nxt = _zero_border(_work(f"xq{layer + 1}", (cout // 4, 2 * h + 2, 2 * w + 2), np.float32))
+        rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, cin * 9 * w * 8))))
+
+        def band(r0, xp=xp, nxt=nxt, cin=cin, cout=cout, h=h, w=w, rows=rows, w64=w64, b64=b64, k=k, amax=amax):
+            n = min(h, r0 + rows) - r0
+            cols = _work("c64", (cin * 9, n * w), np.float64)
+            rc.im2col(xp, cin, h + 2, w + 2, r0, n, cols)
+            acc = _work("a64", (cout, n * w), np.float64)
+            np.matmul(w64, cols, out=acc)
+            rc.hidden_post(acc, b64, k, amax, nxt, r0, n, w)
+
+        _run_bands(h, rows, band)
+        xp, h, w = nxt, 2 * h, 2 * w
+    cin = xp.shape[0]
+    w32 = prep["w32"]
+    cout, kk = w32.shape
+    out = np.empty((cout, h, w), np.uint8)
+    rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, kk * w * 4))))
+
+    def last(r0):
+        n = min(h, r0 + rows) - r0
+        cols = _work("c32", (kk, n * w), np.float32)
+        rc.im2col(xp, cin, h + 2, w + 2, r0, n, cols)
+        v = _work("v32", (cout, n * w), np.float32)
+        np.matmul(w32, cols, out=v)
+        rc.last_post(v, prep["b64"], prep["wscale"], prep["thresholds"], out, xp, cin, h + 2, w + 2, r0, prep["w64"])
+
+    _run_bands(h, rows, last)
+    return out
+
+
 def scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None = None) -> np.ndarray:
     """Scale index (uint8, shape (M, 4h, 4w)) of every y element, bit-exact everywhere.
 
@@ -386,12 +474,16 @@ def scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None
 
 
 def _scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None) -> np.ndarray:
-    a = hidden_activations(tables, w_hat)
-    out = np.empty((tables.latent_channels,) + a.shape[1:], np.uint8)
     if exact_f64 is None:
         import os
 
         exact_f64 = os.environ.get("ILC_INTNET_F64", "") == "1"
+    if not exact_f64 and tables.num_scales < 256 and _has_c_kernels() and _f32_layer_ok(tables):
+        w_hat = _check_w_hat(tables, w_hat)
+        if w_hat.size:
+            return _scale_indices_c(tables, w_hat)
+    a = hidden_activations(tables, w_hat)
+    out = np.empty((tables.latent_channels,) + a.shape[1:], np.uint8)
     if not exact_f64 and _f32_layer_ok(tables) and _has_c_post():
         _last_layer_indices_f32(tables, a, out)
         return out
