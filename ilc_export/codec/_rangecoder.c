@@ -1320,23 +1320,45 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
         }
         double t0 = nt ? th[0] : 0.0, inv = 0.0, gmax = (double)nt;
         if (nt > 1 && th[nt - 1] > th[0]) inv = (double)(nt - 1) / (th[nt - 1] - th[0]);
-        /* fast pass: the guess from the (nearly) uniform thresholds, settled by the bound;
-           unsettled elements are marked 255 (an index is < 255) and redone below */
+        /* Fast pass, no table lookups: thresholds are nearly evenly spaced; with the line
+           L(i) = t0 + i * step and D = max_i |T_i - L(i)|, widen [x - bound, x + bound] by
+           M = D + 16 + 2^-40 (|T_0| + |T_last|) (covers D and the float64 rounding of the
+           lines below while |x| + bound < 2^46, a few units at most) and map both ends to
+           u = (. - t0) / step. If both floor to the same f in [-1, nt - 1], then T_i <= x - bound
+           for i <= f and T_i > x + bound for i > f, so the index of every value in the interval
+           (the exact v among them) is f + 1. Anything else is marked 255 (an index is at
+           most nt <= 254) and redone below. */
+        double step = 0.0, dev = 0.0;
+        if (nt > 1 && th[nt - 1] > th[0]) {
+            step = (th[nt - 1] - th[0]) / (double)(nt - 1);
+            for (Py_ssize_t j2 = 0; j2 < nt; j2++) {
+                double d = fabs(th[j2] - (th[0] + (double)j2 * step));
+                dev = d > dev ? d : dev;
+            }
+        }
+        const double margin = dev + 16.0 + ldexp(nt ? fabs(th[0]) + fabs(th[nt - 1]) : 0.0, -40);
+        const int use_grid = step > 0.0 && margin < 0.25 * step;
+        const double ginv = use_grid ? 1.0 / step : 0.0, gtop = (double)nt - 0.5, lim = 70368744177664.0; /* 2^46 */
         for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
             const float *restrict vrow = vv + oc * n;
             uint8_t *restrict orow = out + (oc * h + r0) * wd;
             const double bo = bias[oc], wo = ws[oc];
-            const double *restrict tpv = tp;
             const double *restrict cnv = cn;
+            if (!use_grid) {
+                memset(orow, 255, (size_t)n);
+                continue;
+            }
             for (Py_ssize_t p = 0; p < n; p++) {
                 double xv = (double)vrow[p] + bo;
-                double bound = wo * cnv[p];
-                double gg = (xv - t0) * inv + 1.0;
-                gg = gg > 0.0 ? gg : 0.0; /* also maps NaN to 0 */
-                gg = gg < gmax ? gg : gmax;
-                int g = (int)gg;
-                int ok = (xv - bound >= tpv[g]) & (xv + bound < tpv[g + 1]);
-                orow[p] = ok ? (uint8_t)g : (uint8_t)255;
+                double bnd = wo * cnv[p] + margin;
+                double ul = (xv - bnd - t0) * ginv, uh = (xv + bnd - t0) * ginv;
+                ul = ul > -1.0 ? ul : -1.0; /* also maps NaN to -1 (then not settled: see ok) */
+                ul = ul < gtop ? ul : gtop;
+                uh = uh > -1.0 ? uh : -1.0;
+                uh = uh < gtop ? uh : gtop;
+                int fl = (int)(ul + 1.0), fh = (int)(uh + 1.0); /* floor(u) + 1: u + 1 >= 0 */
+                int ok = (fl == fh) & (fabs(xv) + bnd < lim);
+                orow[p] = ok ? (uint8_t)fl : (uint8_t)255;
             }
         }
         for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
@@ -1344,7 +1366,9 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
             uint8_t *orow = out + (oc * h + r0) * wd;
             const double bo = bias[oc], wo = ws[oc];
             for (Py_ssize_t p = 0; p < n; p++) {
-                if (orow[p] != 255) continue;
+                const uint8_t *hit = (const uint8_t *)memchr(orow + p, 255, (size_t)(n - p));
+                if (!hit) break;
+                p = hit - orow;
                 double xv = (double)vrow[p] + bo;
                 double bound = wo * cn[p];
                 Py_ssize_t g = 0;
@@ -1360,12 +1384,16 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
                        (every product and partial sum is an integer below 2**53) */
                     const double *wrow = wt + oc * cin * 9;
                     Py_ssize_t r = r0 + p / wd, col = p % wd;
-                    double acc = 0.0;
-                    for (Py_ssize_t ci = 0; ci < cin; ci++)
-                        for (Py_ssize_t kh = 0; kh < 3; kh++)
-                            for (Py_ssize_t kw = 0; kw < 3; kw++)
-                                acc += wrow[(ci * 3 + kh) * 3 + kw] * (double)xpv[(ci * hp + r + kh) * wp + col + kw];
-                    xv = acc + bo;
+                    /* three partial sums (one per kernel row): any order is exact */
+                    double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0;
+                    for (Py_ssize_t ci = 0; ci < cin; ci++) {
+                        const double *wc = wrow + ci * 9;
+                        const float *x0 = xpv + (ci * hp + r) * wp + col, *x1 = x0 + wp, *x2 = x1 + wp;
+                        acc0 += wc[0] * (double)x0[0] + wc[1] * (double)x0[1] + wc[2] * (double)x0[2];
+                        acc1 += wc[3] * (double)x1[0] + wc[4] * (double)x1[1] + wc[5] * (double)x1[2];
+                        acc2 += wc[6] * (double)x2[0] + wc[7] * (double)x2[1] + wc[8] * (double)x2[2];
+                    }
+                    xv = (acc0 + acc1 + acc2) + bo;
                     exact = 1;
                     nexact++;
                     if (xv != xv) { /* cannot happen for finite inputs; keep the index defined */

@@ -373,12 +373,18 @@ def _has_c_post() -> bool:
     return True
 
 
+_C_KERNELS: list = []
+
+
 def _has_c_kernels() -> bool:
-    try:
-        from ._rangecoder import hidden_post, im2col, last_post  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    if not _C_KERNELS:
+        try:
+            from ._rangecoder import hidden_post, im2col, last_post  # noqa: F401
+        except ImportError:
+            _C_KERNELS.append(False)
+        else:
+            _C_KERNELS.append(True)
+    return _C_KERNELS[0]
 
 
 def _prepared(tables: CodecTables) -> dict:
@@ -398,9 +404,10 @@ def _prepared(tables: CodecTables) -> dict:
     cout, k = wt.shape[0], wt[0].size
     w64 = np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float64)
     gamma = (k + 2) * _U32 / (1.0 - (k + 2) * _U32)
-    prep = {"hidden": hidden, "w32": np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float32), "w64": w64,
+    prep = {"hidden": hidden, "f32_ok": _f32_layer_ok(tables), "w32": np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float32), "w64": w64,
             "b64": np.ascontiguousarray(tables.biases[2], dtype=np.float64),
-            "wscale": np.sqrt((w64 * w64).sum(axis=1)) * (2.0 * gamma),
+            # relative margin 2**-20 for the float64 rounding of the norms (< 2**-40)
+            "wscale": np.sqrt((w64 * w64).sum(axis=1)) * (gamma * (1.0 + 2.0**-20)),
             "thresholds": np.ascontiguousarray(tables.thresholds, dtype=np.float64)}
     tables.__dict__["_intnet_prepared"] = (src, prep)
     return prep
@@ -478,7 +485,7 @@ def _scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | Non
         import os
 
         exact_f64 = os.environ.get("ILC_INTNET_F64", "") == "1"
-    if not exact_f64 and tables.num_scales < 256 and _has_c_kernels() and _f32_layer_ok(tables):
+    if not exact_f64 and tables.num_scales < 256 and _has_c_kernels() and _prepared(tables)["f32_ok"]:
         w_hat = _check_w_hat(tables, w_hat)
         if w_hat.size:
             return _scale_indices_c(tables, w_hat)
