@@ -593,17 +593,87 @@ done:
 /* ------------------------------------------------------------------------------------ */
 /* latent stream                                                                         */
 
-/* Group starts of a stable grouping by scale index: start[k] = #{i : idx[i] < k};
- * -1 if an index >= nm. */
-static int group_starts(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, Py_ssize_t *start) {
-    Py_ssize_t counts[256];
+/* Stable grouping by scale index. The raster order is cut into GB blocks that are counted
+ * and scattered in one interleaved loop (GB independent dependency chains instead of one
+ * chain through the counter of a repeated index). start[k] = #{i : idx[i] < k};
+ * fill[b * 256 + k] = where block b's first element with index k goes. -1 if an index >= nm. */
+#define GB 4
+typedef struct {
+    Py_ssize_t q, len[GB];
+    Py_ssize_t start[257];
+    Py_ssize_t fill[GB * 256];
+} Groups;
+
+static int group_blocks(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, Groups *g) {
+    Py_ssize_t counts[GB][256];
     memset(counts, 0, sizeof(counts));
-    for (Py_ssize_t i = 0; i < n; i++) counts[idx[i]]++;
+    g->q = (n + GB - 1) / GB;
+    Py_ssize_t common = g->q;
+    for (int b = 0; b < GB; b++) {
+        Py_ssize_t l = n - b * g->q;
+        g->len[b] = l < 0 ? 0 : (l > g->q ? g->q : l);
+        if (g->len[b] < common) common = g->len[b];
+    }
+    if (common > 0) { /* then every block is non-empty: the pointers below stay inside idx */
+        const uint8_t *i0 = idx, *i1 = idx + g->q, *i2 = idx + 2 * g->q, *i3 = idx + 3 * g->q;
+        for (Py_ssize_t i = 0; i < common; i++) {
+        counts[0][i0[i]]++;
+        counts[1][i1[i]]++;
+        counts[2][i2[i]]++;
+        counts[3][i3[i]]++;
+        }
+    }
+    for (int b = 0; b < GB; b++)
+        for (Py_ssize_t i = common; i < g->len[b]; i++) counts[b][idx[b * g->q + i]]++;
     for (Py_ssize_t k = nm; k < 256; k++)
-        if (counts[k]) return -1;
-    start[0] = 0;
-    for (Py_ssize_t k = 0; k < nm; k++) start[k + 1] = start[k] + counts[k];
+        for (int b = 0; b < GB; b++)
+            if (counts[b][k]) return -1;
+    g->start[0] = 0;
+    for (Py_ssize_t k = 0; k < nm; k++) {
+        Py_ssize_t at = g->start[k];
+        for (int b = 0; b < GB; b++) {
+            g->fill[b * 256 + k] = at;
+            at += counts[b][k];
+        }
+        g->start[k + 1] = at;
+    }
     return 0;
+}
+
+/* dst[grouped position of i] = src[i] (to_groups) or dst[i] = src[grouped position of i] */
+static void group_move(const Groups *g0, const uint8_t *idx, const int32_t *src, int32_t *dst, int to_groups) {
+    Py_ssize_t fill[GB * 256];
+    memcpy(fill, g0->fill, sizeof(fill));
+    const Py_ssize_t q = g0->q;
+    Py_ssize_t common = q;
+    for (int b = 0; b < GB; b++)
+        if (g0->len[b] < common) common = g0->len[b];
+    Py_ssize_t *f0 = fill, *f1 = fill + 256, *f2 = fill + 512, *f3 = fill + 768;
+    if (common == 0) { /* n < GB... or an empty block: the tails below do everything */
+    } else if (to_groups) {
+        const uint8_t *i0 = idx, *i1 = idx + q, *i2 = idx + 2 * q, *i3 = idx + 3 * q;
+        const int32_t *s0 = src, *s1 = src + q, *s2 = src + 2 * q, *s3 = src + 3 * q;
+        for (Py_ssize_t i = 0; i < common; i++) {
+            dst[f0[i0[i]]++] = s0[i];
+            dst[f1[i1[i]]++] = s1[i];
+            dst[f2[i2[i]]++] = s2[i];
+            dst[f3[i3[i]]++] = s3[i];
+        }
+    } else {
+        const uint8_t *i0 = idx, *i1 = idx + q, *i2 = idx + 2 * q, *i3 = idx + 3 * q;
+        int32_t *d0 = dst, *d1 = dst + q, *d2 = dst + 2 * q, *d3 = dst + 3 * q;
+        for (Py_ssize_t i = 0; i < common; i++) {
+            d0[i] = src[f0[i0[i]]++];
+            d1[i] = src[f1[i1[i]]++];
+            d2[i] = src[f2[i2[i]]++];
+            d3[i] = src[f3[i3[i]]++];
+        }
+    }
+    for (int b = 0; b < GB; b++)
+        for (Py_ssize_t i = common; i < g0->len[b]; i++) {
+            if (to_groups) dst[fill[b * 256 + idx[b * q + i]]++] = src[b * q + i];
+            else dst[b * q + i] = src[fill[b * 256 + idx[b * q + i]]++];
+        }
 }
 
 static inline uint32_t floor_log2(uint32_t u) { /* u >= 1 */
@@ -653,15 +723,18 @@ static PyObject *py_encode_y(PyObject *self, PyObject *args) {
         int32_t *ys = (int32_t *)wk.b.buf; /* y values in coding order (grouped by index) */
         uint32_t *esc = NULL;              /* u = e + 1 of each escape, in coding order */
         Py_ssize_t nesc = 0, esc_cap = 0;
-        Py_ssize_t start[257], fill[256];
+        Groups *gr = NULL;
+        Py_ssize_t *start = NULL;
         int err = 0;
         Enc e;
         e.words = NULL;
         Py_BEGIN_ALLOW_THREADS
-        if (group_starts(iv, n, m.nm, start) < 0) err = 1;
+        gr = (Groups *)malloc(sizeof(Groups));
+        if (!gr) err = 3;
+        else if (group_blocks(iv, n, m.nm, gr) < 0) err = 1;
         if (!err) {
-            for (Py_ssize_t k = 0; k < m.nm; k++) fill[k] = start[k];
-            for (Py_ssize_t i = 0; i < n; i++) ys[fill[iv[i]]++] = yv[i];
+            start = gr->start;
+            group_move(gr, iv, yv, ys, 1);
             enc_init(&e, (size_t)n / 8 + 16);
             for (Py_ssize_t k = 0; k < m.nm && !err; k++) {
                 const uint32_t *cdf = m.cdf + k * stride;
@@ -712,6 +785,7 @@ static PyObject *py_encode_y(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
         free(esc);
+        free(gr);
         if (err) {
             free(e.words);
             if (err == 1) PyErr_SetString(PyExc_ValueError, "scale index out of range");
@@ -761,10 +835,14 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
         uint8_t *escnb = NULL, *esck = NULL;
         uint64_t *escu = NULL;
         Py_ssize_t nesc = 0, esc_cap = 0;
-        Py_ssize_t start[257], fill[256];
+        Groups *gr = NULL;
+        Py_ssize_t *start = NULL;
         int err = 0;
         Py_BEGIN_ALLOW_THREADS
-        if (group_starts(iv, n, m.nm, start) < 0) err = 8;
+        gr = (Groups *)malloc(sizeof(Groups));
+        if (!gr) err = 9;
+        else if (group_blocks(iv, n, m.nm, gr) < 0) err = 8;
+        else start = gr->start;
         Dec dd;
         dec_init(&dd, (const unsigned char *)d.b.buf, (size_t)d.b.len);
         for (Py_ssize_t k = 0; k < m.nm && !err; k++) {
@@ -850,10 +928,10 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
             else if (mk != END_MARKER) err = 3;
         }
         if (!err) { /* back to raster order */
-            for (Py_ssize_t k = 0; k < m.nm; k++) fill[k] = start[k];
-            for (Py_ssize_t i = 0; i < n; i++) ov[i] = ys[fill[iv[i]]++];
+            group_move(gr, iv, ys, ov, 0);
         }
         Py_END_ALLOW_THREADS
+        free(gr);
         free(escj);
         free(esck);
         free(escnb);
@@ -1318,8 +1396,7 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
                     cn[i * wd + j] = sqrt(box * (1.0 + 1e-12));
                 }
         }
-        double t0 = nt ? th[0] : 0.0, inv = 0.0, gmax = (double)nt;
-        if (nt > 1 && th[nt - 1] > th[0]) inv = (double)(nt - 1) / (th[nt - 1] - th[0]);
+        const double t0 = nt ? th[0] : 0.0;
         /* Fast pass, no table lookups: thresholds are nearly evenly spaced; with the line
            L(i) = t0 + i * step and D = max_i |T_i - L(i)|, widen [x - bound, x + bound] by
            M = D + 16 + 2^-40 (|T_0| + |T_last|) (covers D and the float64 rounding of the
