@@ -432,6 +432,31 @@ def _scale_indices_c(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
     from . import _rangecoder as rc
 
     prep = _prepared(tables)
+    xp = _hidden_c(tables, w_hat, prep)
+    cin, h, w = xp.shape[0], xp.shape[1] - 2, xp.shape[2] - 2
+    w32 = prep["w32"]
+    cout, kk = w32.shape
+    out = np.empty((cout, h, w), np.uint8)
+    rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, kk * w * 4))))
+
+    def last(r0):
+        n = min(h, r0 + rows) - r0
+        cols = _work("c32", (kk, n * w), np.float32)
+        rc.im2col(xp, cin, h + 2, w + 2, r0, n, cols)
+        v = _work("v32", (cout, n * w), np.float32)
+        np.matmul(w32, cols, out=v)
+        rc.last_post(v, prep["b64"], prep["wscale"], prep["thresholds"], out, xp, cin, h + 2, w + 2, r0, prep["w64"])
+
+    _run_bands(h, rows, last)
+    return out
+
+
+def _hidden_c(tables: CodecTables, w_hat: np.ndarray, prep: dict | None = None) -> np.ndarray:
+    """The last hidden activation, zero-padded by 1 on each side: (Nh, 4h + 2, 4w + 2) float32
+    holding exact integers (a per-thread scratch array: valid until the next call)."""
+    from . import _rangecoder as rc
+
+    prep = prep or _prepared(tables)
     nh, h, w = w_hat.shape
     xp = _zero_border(_work("xq0", (nh, h + 2, w + 2), np.float32))
     xp[:, 1:-1, 1:-1] = w_hat  # exact: |w_hat| <= 2**20
@@ -450,22 +475,7 @@ def _scale_indices_c(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
 
         _run_bands(h, rows, band)
         xp, h, w = nxt, 2 * h, 2 * w
-    cin = xp.shape[0]
-    w32 = prep["w32"]
-    cout, kk = w32.shape
-    out = np.empty((cout, h, w), np.uint8)
-    rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, kk * w * 4))))
-
-    def last(r0):
-        n = min(h, r0 + rows) - r0
-        cols = _work("c32", (kk, n * w), np.float32)
-        rc.im2col(xp, cin, h + 2, w + 2, r0, n, cols)
-        v = _work("v32", (cout, n * w), np.float32)
-        np.matmul(w32, cols, out=v)
-        rc.last_post(v, prep["b64"], prep["wscale"], prep["thresholds"], out, xp, cin, h + 2, w + 2, r0, prep["w64"])
-
-    _run_bands(h, rows, last)
-    return out
+    return xp
 
 
 def scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None = None) -> np.ndarray:
