@@ -554,8 +554,11 @@ static PyObject *py_decode_w(PyObject *self, PyObject *args) {
         for (Py_ssize_t ch = 0; ch < m.nm && !err; ch++) {
             const uint32_t *cdf = m.cdf + ch * stride;
             const uint16_t *lut = m.lut + ch * LUT_SIZE;
+            uint32_t pm, mode = cdf_mode(cdf, m.size[ch], &pm);
+            const int use_mode = pm >= (ONE >> 2);
+            const uint64_t cm = cdf[mode], cm1 = cdf[mode + 1];
             for (Py_ssize_t i = 0; i < hw; i++) {
-                int64_t sym = dec_categorical(&dd, cdf, lut);
+                int64_t sym = use_mode ? dec_categorical_mode(&dd, cdf, lut, mode, cm, cm1) : dec_categorical(&dd, cdf, lut);
                 if (sym < 0 || sym >= m.size[ch]) {
                     err = 1;
                     break;
@@ -1225,6 +1228,72 @@ done:
 /* an exact integer (see intnet's module docstring), so order and vectorisation do not     */
 /* matter.                                                                                 */
 
+/* AVX2 clones of the plain loops below where the compiler supports function multiversioning
+ * (chosen at load time; the default clone runs elsewhere). Integer-exact work and the IEEE
+ * operations of the settling test give the same results in either clone (no FMA: the
+ * "avx2" target does not enable it, and -ffp-contract=off). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 6
+#define ILC_SIMD __attribute__((target_clones("avx2", "default")))
+#else
+#define ILC_SIMD
+#endif
+
+ILC_SIMD static void im2col_loop(const float *xv, Py_ssize_t cin, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t r0,
+                                 Py_ssize_t n, void *ov, int f64) {
+    const Py_ssize_t wd = wp - 2;
+    for (Py_ssize_t c = 0; c < cin; c++)
+        for (Py_ssize_t kh = 0; kh < 3; kh++)
+            for (Py_ssize_t kw = 0; kw < 3; kw++) {
+                Py_ssize_t row = (c * 3 + kh) * 3 + kw;
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    const float *restrict src = xv + (c * hp + r0 + i + kh) * wp + kw;
+                    if (f64) {
+                        double *restrict dst = (double *)ov + (row * n + i) * wd;
+                        for (Py_ssize_t j = 0; j < wd; j++) dst[j] = (double)src[j];
+                    } else {
+                        float *restrict dst = (float *)ov + (row * n + i) * wd;
+                        for (Py_ssize_t j = 0; j < wd; j++) dst[j] = src[j];
+                    }
+                }
+            }
+}
+
+ILC_SIMD static void hidden_post_loop(const double *av, const double *bias, Py_ssize_t cout, Py_ssize_t n, Py_ssize_t w,
+                                      double inv, double top, float *dv, Py_ssize_t hp2, Py_ssize_t wp2, Py_ssize_t r0) {
+    for (Py_ssize_t o = 0; o < cout; o++) {
+        const Py_ssize_t c = o >> 2, dy = (o >> 1) & 1, dx = o & 1;
+        const double bo = bias[o];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double *restrict arow = av + (o * n + i) * w;
+            float *restrict orow = dv + (c * hp2 + 1 + 2 * (r0 + i) + dy) * wp2 + 1 + dx;
+            for (Py_ssize_t j = 0; j < w; j++) {
+                double x = (arow[j] + bo) * inv;
+                x = x > 0.0 ? x : 0.0;
+                x = x < top ? x : top;
+                orow[2 * j] = (float)(int32_t)x;
+            }
+        }
+    }
+}
+
+/* the settling pass of last_post for one output channel (see there) */
+ILC_SIMD static void settle_row(const float *restrict vrow, const double *restrict cnv, Py_ssize_t n, double bo, double wo,
+                                double margin, double t0, double ginv, double gtop, uint8_t *restrict orow) {
+    const double lim = 70368744177664.0; /* 2^46 */
+    for (Py_ssize_t p = 0; p < n; p++) {
+        double xv = (double)vrow[p] + bo;
+        double bnd = wo * cnv[p] + margin;
+        double ul = (xv - bnd - t0) * ginv, uh = (xv + bnd - t0) * ginv;
+        ul = ul > -1.0 ? ul : -1.0; /* also maps NaN to -1 (then not settled: see ok) */
+        ul = ul < gtop ? ul : gtop;
+        uh = uh > -1.0 ? uh : -1.0;
+        uh = uh < gtop ? uh : gtop;
+        int fl = (int)(ul + 1.0), fh = (int)(uh + 1.0); /* floor(u) + 1: u + 1 >= 0 */
+        int ok = (fl == fh) & (fabs(xv) + bnd < lim);
+        orow[p] = ok ? (uint8_t)fl : (uint8_t)255;
+    }
+}
+
 static int get_buf_f(PyObject *o, Buf *out, int writable, const char *what) { /* float32 or float64 */
     out->held = 0;
     if (PyObject_GetBuffer(o, &out->b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
@@ -1260,21 +1329,7 @@ static PyObject *py_im2col(PyObject *self, PyObject *args) {
         int f64 = o.b.itemsize == 8;
         void *ov = o.b.buf;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t c = 0; c < cin; c++)
-            for (Py_ssize_t kh = 0; kh < 3; kh++)
-                for (Py_ssize_t kw = 0; kw < 3; kw++) {
-                    Py_ssize_t row = (c * 3 + kh) * 3 + kw;
-                    for (Py_ssize_t i = 0; i < n; i++) {
-                        const float *restrict src = xv + (c * hp + r0 + i + kh) * wp + kw;
-                        if (f64) {
-                            double *restrict dst = (double *)ov + (row * n + i) * wd;
-                            for (Py_ssize_t j = 0; j < wd; j++) dst[j] = (double)src[j];
-                        } else {
-                            float *restrict dst = (float *)ov + (row * n + i) * wd;
-                            memcpy(dst, src, (size_t)wd * sizeof(float));
-                        }
-                    }
-                }
+        im2col_loop(xv, cin, hp, wp, r0, n, ov, f64);
         Py_END_ALLOW_THREADS
         Py_INCREF(Py_None);
         ret = Py_None;
@@ -1313,20 +1368,7 @@ static PyObject *py_hidden_post(PyObject *self, PyObject *args) {
         float *dv = (float *)d.b.buf;
         const double inv = ldexp(1.0, -(int)k), top = (double)amax;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t o = 0; o < cout; o++) {
-            const Py_ssize_t c = o >> 2, dy = (o >> 1) & 1, dx = o & 1;
-            const double bo = bias[o];
-            for (Py_ssize_t i = 0; i < n; i++) {
-                const double *restrict arow = av + (o * n + i) * w;
-                float *restrict orow = dv + (c * hp2 + 1 + 2 * (r0 + i) + dy) * wp2 + 1 + dx;
-                for (Py_ssize_t j = 0; j < w; j++) {
-                    double x = (arow[j] + bo) * inv;
-                    x = x > 0.0 ? x : 0.0;
-                    x = x < top ? x : top;
-                    orow[2 * j] = (float)(int32_t)x;
-                }
-            }
-        }
+        hidden_post_loop(av, bias, cout, n, w, inv, top, dv, hp2, wp2, r0);
         Py_END_ALLOW_THREADS
         Py_INCREF(Py_None);
         ret = Py_None;
@@ -1415,7 +1457,7 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
         }
         const double margin = dev + 16.0 + ldexp(nt ? fabs(th[0]) + fabs(th[nt - 1]) : 0.0, -40);
         const int use_grid = step > 0.0 && margin < 0.25 * step;
-        const double ginv = use_grid ? 1.0 / step : 0.0, gtop = (double)nt - 0.5, lim = 70368744177664.0; /* 2^46 */
+        const double ginv = use_grid ? 1.0 / step : 0.0, gtop = (double)nt - 0.5;
         for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
             const float *restrict vrow = vv + oc * n;
             uint8_t *restrict orow = out + (oc * h + r0) * wd;
@@ -1425,18 +1467,7 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
                 memset(orow, 255, (size_t)n);
                 continue;
             }
-            for (Py_ssize_t p = 0; p < n; p++) {
-                double xv = (double)vrow[p] + bo;
-                double bnd = wo * cnv[p] + margin;
-                double ul = (xv - bnd - t0) * ginv, uh = (xv + bnd - t0) * ginv;
-                ul = ul > -1.0 ? ul : -1.0; /* also maps NaN to -1 (then not settled: see ok) */
-                ul = ul < gtop ? ul : gtop;
-                uh = uh > -1.0 ? uh : -1.0;
-                uh = uh < gtop ? uh : gtop;
-                int fl = (int)(ul + 1.0), fh = (int)(uh + 1.0); /* floor(u) + 1: u + 1 >= 0 */
-                int ok = (fl == fh) & (fabs(xv) + bnd < lim);
-                orow[p] = ok ? (uint8_t)fl : (uint8_t)255;
-            }
+            settle_row(vrow, cnv, n, bo, wo, margin, t0, ginv, gtop, orow);
         }
         for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
             const float *vrow = vv + oc * n;
