@@ -600,7 +600,7 @@ done:
  * and scattered in one interleaved loop (GB independent dependency chains instead of one
  * chain through the counter of a repeated index). start[k] = #{i : idx[i] < k};
  * fill[b * 256 + k] = where block b's first element with index k goes. -1 if an index >= nm. */
-#define GB 4
+#define GB 8
 typedef struct {
     Py_ssize_t q, len[GB];
     Py_ssize_t start[257];
@@ -617,15 +617,9 @@ static int group_blocks(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, Groups 
         g->len[b] = l < 0 ? 0 : (l > g->q ? g->q : l);
         if (g->len[b] < common) common = g->len[b];
     }
-    if (common > 0) { /* then every block is non-empty: the pointers below stay inside idx */
-        const uint8_t *i0 = idx, *i1 = idx + g->q, *i2 = idx + 2 * g->q, *i3 = idx + 3 * g->q;
-        for (Py_ssize_t i = 0; i < common; i++) {
-        counts[0][i0[i]]++;
-        counts[1][i1[i]]++;
-        counts[2][i2[i]]++;
-        counts[3][i3[i]]++;
-        }
-    }
+    /* when common > 0 every block is non-empty: b * q + i stays inside idx */
+    for (Py_ssize_t i = 0; i < common; i++)
+        for (int b = 0; b < GB; b++) counts[b][idx[b * g->q + i]]++;
     for (int b = 0; b < GB; b++)
         for (Py_ssize_t i = common; i < g->len[b]; i++) counts[b][idx[b * g->q + i]]++;
     for (Py_ssize_t k = nm; k < 256; k++)
@@ -651,26 +645,12 @@ static void group_move(const Groups *g0, const uint8_t *idx, const int32_t *src,
     Py_ssize_t common = q;
     for (int b = 0; b < GB; b++)
         if (g0->len[b] < common) common = g0->len[b];
-    Py_ssize_t *f0 = fill, *f1 = fill + 256, *f2 = fill + 512, *f3 = fill + 768;
-    if (common == 0) { /* n < GB... or an empty block: the tails below do everything */
-    } else if (to_groups) {
-        const uint8_t *i0 = idx, *i1 = idx + q, *i2 = idx + 2 * q, *i3 = idx + 3 * q;
-        const int32_t *s0 = src, *s1 = src + q, *s2 = src + 2 * q, *s3 = src + 3 * q;
-        for (Py_ssize_t i = 0; i < common; i++) {
-            dst[f0[i0[i]]++] = s0[i];
-            dst[f1[i1[i]]++] = s1[i];
-            dst[f2[i2[i]]++] = s2[i];
-            dst[f3[i3[i]]++] = s3[i];
-        }
+    if (to_groups) {
+        for (Py_ssize_t i = 0; i < common; i++)
+            for (int b = 0; b < GB; b++) dst[fill[b * 256 + idx[b * q + i]]++] = src[b * q + i];
     } else {
-        const uint8_t *i0 = idx, *i1 = idx + q, *i2 = idx + 2 * q, *i3 = idx + 3 * q;
-        int32_t *d0 = dst, *d1 = dst + q, *d2 = dst + 2 * q, *d3 = dst + 3 * q;
-        for (Py_ssize_t i = 0; i < common; i++) {
-            d0[i] = src[f0[i0[i]]++];
-            d1[i] = src[f1[i1[i]]++];
-            d2[i] = src[f2[i2[i]]++];
-            d3[i] = src[f3[i3[i]]++];
-        }
+        for (Py_ssize_t i = 0; i < common; i++)
+            for (int b = 0; b < GB; b++) dst[b * q + i] = src[fill[b * 256 + idx[b * q + i]]++];
     }
     for (int b = 0; b < GB; b++)
         for (Py_ssize_t i = common; i < g0->len[b]; i++) {
