@@ -1365,8 +1365,9 @@ done:
  *           xp float32 (cin, hp, wp) padded input, cin, hp, wp, r0, w64 f64 (cout, cin*9))
  *   -> number of elements recomputed exactly.
  * Same as last_layer_post, with the column norms ||im2col column||_2 computed here (sums of
- * squares of integers below 2^24 over at most 2^26 terms: exact in float64 below 2^53, then
- * one correctly rounded sqrt and a relative margin of 1e-12). */
+ * squares of integers below 2^24: relative error below K 2^-53, none while the sums stay
+ * below 2^53; one correctly rounded sqrt; a relative margin of 1e-12, and wscale carries
+ * 2^-20), and a table-free settling pass first (intnet's module docstring has the argument). */
 static PyObject *py_last_post(PyObject *self, PyObject *args) {
     PyObject *vo, *bo, *wo, *to, *oo, *xo, *w6o;
     Py_ssize_t cin, hp, wp, r0;
