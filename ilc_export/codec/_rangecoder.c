@@ -604,11 +604,12 @@ done:
 typedef struct {
     Py_ssize_t q, len[GB];
     Py_ssize_t start[257];
-    Py_ssize_t fill[GB * 256];
+    uint32_t fill[GB * 256]; /* positions: n < 2^32 (checked) */
 } Groups;
 
 static int group_blocks(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, Groups *g) {
-    Py_ssize_t counts[GB][256];
+    uint32_t counts[GB][256];
+    if ((uint64_t)n > (uint64_t)UINT32_MAX) return -2;
     memset(counts, 0, sizeof(counts));
     g->q = (n + GB - 1) / GB;
     Py_ssize_t common = g->q;
@@ -629,7 +630,7 @@ static int group_blocks(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, Groups 
     for (Py_ssize_t k = 0; k < nm; k++) {
         Py_ssize_t at = g->start[k];
         for (int b = 0; b < GB; b++) {
-            g->fill[b * 256 + k] = at;
+            g->fill[b * 256 + k] = (uint32_t)at;
             at += counts[b][k];
         }
         g->start[k + 1] = at;
@@ -639,7 +640,7 @@ static int group_blocks(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, Groups 
 
 /* dst[grouped position of i] = src[i] (to_groups) or dst[i] = src[grouped position of i] */
 static void group_move(const Groups *g0, const uint8_t *idx, const int32_t *src, int32_t *dst, int to_groups) {
-    Py_ssize_t fill[GB * 256];
+    uint32_t fill[GB * 256];
     memcpy(fill, g0->fill, sizeof(fill));
     const Py_ssize_t q = g0->q;
     Py_ssize_t common = q;
@@ -714,7 +715,11 @@ static PyObject *py_encode_y(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         gr = (Groups *)malloc(sizeof(Groups));
         if (!gr) err = 3;
-        else if (group_blocks(iv, n, m.nm, gr) < 0) err = 1;
+        else {
+            int gb = group_blocks(iv, n, m.nm, gr);
+            if (gb == -1) err = 1;
+            else if (gb < 0) err = 3; /* more than 2^32 symbols in one stream */
+        }
         if (!err) {
             start = gr->start;
             group_move(gr, iv, yv, ys, 1);
@@ -824,8 +829,12 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         gr = (Groups *)malloc(sizeof(Groups));
         if (!gr) err = 9;
-        else if (group_blocks(iv, n, m.nm, gr) < 0) err = 8;
-        else start = gr->start;
+        else {
+            int gb = group_blocks(iv, n, m.nm, gr);
+            if (gb == -1) err = 8;
+            else if (gb < 0) err = 9; /* more than 2^32 symbols in one stream */
+            else start = gr->start;
+        }
         Dec dd;
         dec_init(&dd, (const unsigned char *)d.b.buf, (size_t)d.b.len);
         for (Py_ssize_t k = 0; k < m.nm && !err; k++) {
