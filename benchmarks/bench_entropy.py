@@ -1,6 +1,7 @@
 """Entropy-coder throughput of every implementation (the C extension "c" and
 "constriction"): M symbols/s for encode and decode of y (and w), plus the integer scale
-network's time (fast float32 path and the all-float64 reference path), on this machine.
+network's time (the C-kernel path, the earlier numpy path with a float32 last layer, and the
+all-float64 reference path), on this machine.
 
     python benchmarks/bench_entropy.py                 # tiny random model, ~8 M symbols
     python benchmarks/bench_entropy.py --config default   # default-size random model
@@ -79,10 +80,21 @@ def main() -> None:
     net_w, net_c, _ = timed(lambda: intnet.scale_indices(tab, w_hat))
     net64_w, net64_c, idx64 = timed(lambda: intnet.scale_indices(tab, w_hat, exact_f64=True))
     assert (idx64 == idx).all(), "fast and float64 scale nets disagree"
+
+    def numpy_path():  # the pre-C-kernel path: numpy hidden layers, float32 last layer
+        a = intnet.hidden_activations(tab, w_hat)
+        out = np.empty((tab.latent_channels,) + a.shape[1:], np.uint8)
+        with intnet._blas_threads():
+            intnet._last_layer_indices_f32(tab, a, out)
+        return out
+
+    npy_w, npy_c, idx_np = timed(numpy_path) if intnet._has_c_post() else (float("nan"), float("nan"), idx)
+    assert (idx_np == idx).all(), "numpy and C scale-net paths disagree"
     print(f"tables: M={m} Nh={nh} scales={tab.num_scales}; y {y.shape} = {n / 1e6:.2f} M symbols, "
           f"w {w_hat.shape}; escapes {(np.abs(y) > tab.gauss_radius[idx]).mean():.2e}")
-    print(f"integer scale net ({n / 1e6:.2f} M indices, wall | CPU ms): fast (float32 BLAS + bound) "
-          f"{net_w * 1e3:.1f} | {net_c * 1e3:.1f}; all-float64 {net64_w * 1e3:.1f} | {net64_c * 1e3:.1f}")
+    print(f"integer scale net ({n / 1e6:.2f} M indices, wall | CPU ms): fast (C kernels + BLAS) "
+          f"{net_w * 1e3:.1f} | {net_c * 1e3:.1f}; numpy + float32 last layer {npy_w * 1e3:.1f} | {npy_c * 1e3:.1f}; "
+          f"all-float64 {net64_w * 1e3:.1f} | {net64_c * 1e3:.1f}")
     print("M symbols/s (wall clock | per CPU-second of this process):")
     first = None
     for name in coders:

@@ -240,6 +240,44 @@ static inline int64_t dec_categorical(Dec *d, const uint32_t *cdf, const uint16_
     return s;
 }
 
+/* dec_categorical for a model whose symbol m (cdf[m] = cm, cdf[m + 1] = cm1) is likely:
+ * that symbol is recognised with two multiplications and no division. Same result as
+ * dec_categorical on every input: for integer cdf values, floor(diff / scale) lies in
+ * [cm, cm1) iff cm * scale <= diff < cm1 * scale (products < 2^64: scale < 2^40,
+ * cdf <= 2^24), and then diff < 2^24 * scale, so the InvalidData check passes too. */
+static inline int64_t dec_categorical_mode(Dec *d, const uint32_t *cdf, const uint16_t *lut, uint32_t m, uint64_t cm,
+                                           uint64_t cm1) {
+    uint64_t scale = d->range >> PREC;
+    uint64_t diff = d->point - d->lower;
+    uint64_t lo = scale * cm, hi = scale * cm1;
+    if (diff - lo < hi - lo) { /* lo <= diff < hi (unsigned wrap-around when diff < lo) */
+        d->lower += lo;
+        d->range = hi - lo;
+        if (d->range < ((uint64_t)1 << 32)) {
+            d->lower <<= 32;
+            d->range <<= 32;
+            d->point <<= 32;
+            if (d->pos < d->nwords) d->point |= read_word(d->data + 4 * d->pos++);
+        }
+        return m;
+    }
+    return dec_categorical(d, cdf, lut);
+}
+
+/* the most probable symbol of a cdf of `size` symbols (first of equals), its probability */
+static uint32_t cdf_mode(const uint32_t *cdf, int32_t size, uint32_t *prob) {
+    uint32_t m = 0, pm = 0;
+    for (int32_t s = 0; s < size; s++) {
+        uint32_t p = cdf[s + 1] - cdf[s];
+        if (p > pm) {
+            pm = p;
+            m = (uint32_t)s;
+        }
+    }
+    *prob = pm;
+    return m;
+}
+
 static inline int64_t dec_uniform(Dec *d, uint32_t n) {
     uint32_t ppb = ONE / n, last = n - 1;
     uint64_t scale;
@@ -516,8 +554,11 @@ static PyObject *py_decode_w(PyObject *self, PyObject *args) {
         for (Py_ssize_t ch = 0; ch < m.nm && !err; ch++) {
             const uint32_t *cdf = m.cdf + ch * stride;
             const uint16_t *lut = m.lut + ch * LUT_SIZE;
+            uint32_t pm, mode = cdf_mode(cdf, m.size[ch], &pm);
+            const int use_mode = pm >= (ONE >> 2);
+            const uint64_t cm = cdf[mode], cm1 = cdf[mode + 1];
             for (Py_ssize_t i = 0; i < hw; i++) {
-                int64_t sym = dec_categorical(&dd, cdf, lut);
+                int64_t sym = use_mode ? dec_categorical_mode(&dd, cdf, lut, mode, cm, cm1) : dec_categorical(&dd, cdf, lut);
                 if (sym < 0 || sym >= m.size[ch]) {
                     err = 1;
                     break;
@@ -555,17 +596,68 @@ done:
 /* ------------------------------------------------------------------------------------ */
 /* latent stream                                                                         */
 
-/* Group starts of a stable grouping by scale index: start[k] = #{i : idx[i] < k};
- * -1 if an index >= nm. */
-static int group_starts(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, Py_ssize_t *start) {
-    Py_ssize_t counts[256];
+/* Stable grouping by scale index. The raster order is cut into GB blocks that are counted
+ * and scattered in one interleaved loop (GB independent dependency chains instead of one
+ * chain through the counter of a repeated index). start[k] = #{i : idx[i] < k};
+ * fill[b * 256 + k] = where block b's first element with index k goes. -1 if an index >= nm. */
+#define GB 8
+typedef struct {
+    Py_ssize_t q, len[GB];
+    Py_ssize_t start[257];
+    uint32_t fill[GB * 256]; /* positions: n < 2^32 (checked) */
+} Groups;
+
+static int group_blocks(const uint8_t *idx, Py_ssize_t n, Py_ssize_t nm, Groups *g) {
+    uint32_t counts[GB][256];
+    if ((uint64_t)n > (uint64_t)UINT32_MAX) return -2;
     memset(counts, 0, sizeof(counts));
-    for (Py_ssize_t i = 0; i < n; i++) counts[idx[i]]++;
+    g->q = (n + GB - 1) / GB;
+    Py_ssize_t common = g->q;
+    for (int b = 0; b < GB; b++) {
+        Py_ssize_t l = n - b * g->q;
+        g->len[b] = l < 0 ? 0 : (l > g->q ? g->q : l);
+        if (g->len[b] < common) common = g->len[b];
+    }
+    /* when common > 0 every block is non-empty: b * q + i stays inside idx */
+    for (Py_ssize_t i = 0; i < common; i++)
+        for (int b = 0; b < GB; b++) counts[b][idx[b * g->q + i]]++;
+    for (int b = 0; b < GB; b++)
+        for (Py_ssize_t i = common; i < g->len[b]; i++) counts[b][idx[b * g->q + i]]++;
     for (Py_ssize_t k = nm; k < 256; k++)
-        if (counts[k]) return -1;
-    start[0] = 0;
-    for (Py_ssize_t k = 0; k < nm; k++) start[k + 1] = start[k] + counts[k];
+        for (int b = 0; b < GB; b++)
+            if (counts[b][k]) return -1;
+    g->start[0] = 0;
+    for (Py_ssize_t k = 0; k < nm; k++) {
+        Py_ssize_t at = g->start[k];
+        for (int b = 0; b < GB; b++) {
+            g->fill[b * 256 + k] = (uint32_t)at;
+            at += counts[b][k];
+        }
+        g->start[k + 1] = at;
+    }
     return 0;
+}
+
+/* dst[grouped position of i] = src[i] (to_groups) or dst[i] = src[grouped position of i] */
+static void group_move(const Groups *g0, const uint8_t *idx, const int32_t *src, int32_t *dst, int to_groups) {
+    uint32_t fill[GB * 256];
+    memcpy(fill, g0->fill, sizeof(fill));
+    const Py_ssize_t q = g0->q;
+    Py_ssize_t common = q;
+    for (int b = 0; b < GB; b++)
+        if (g0->len[b] < common) common = g0->len[b];
+    if (to_groups) {
+        for (Py_ssize_t i = 0; i < common; i++)
+            for (int b = 0; b < GB; b++) dst[fill[b * 256 + idx[b * q + i]]++] = src[b * q + i];
+    } else {
+        for (Py_ssize_t i = 0; i < common; i++)
+            for (int b = 0; b < GB; b++) dst[b * q + i] = src[fill[b * 256 + idx[b * q + i]]++];
+    }
+    for (int b = 0; b < GB; b++)
+        for (Py_ssize_t i = common; i < g0->len[b]; i++) {
+            if (to_groups) dst[fill[b * 256 + idx[b * q + i]]++] = src[b * q + i];
+            else dst[b * q + i] = src[fill[b * 256 + idx[b * q + i]]++];
+        }
 }
 
 static inline uint32_t floor_log2(uint32_t u) { /* u >= 1 */
@@ -615,15 +707,22 @@ static PyObject *py_encode_y(PyObject *self, PyObject *args) {
         int32_t *ys = (int32_t *)wk.b.buf; /* y values in coding order (grouped by index) */
         uint32_t *esc = NULL;              /* u = e + 1 of each escape, in coding order */
         Py_ssize_t nesc = 0, esc_cap = 0;
-        Py_ssize_t start[257], fill[256];
+        Groups *gr = NULL;
+        Py_ssize_t *start = NULL;
         int err = 0;
         Enc e;
         e.words = NULL;
         Py_BEGIN_ALLOW_THREADS
-        if (group_starts(iv, n, m.nm, start) < 0) err = 1;
+        gr = (Groups *)malloc(sizeof(Groups));
+        if (!gr) err = 3;
+        else {
+            int gb = group_blocks(iv, n, m.nm, gr);
+            if (gb == -1) err = 1;
+            else if (gb < 0) err = 3; /* more than 2^32 symbols in one stream */
+        }
         if (!err) {
-            for (Py_ssize_t k = 0; k < m.nm; k++) fill[k] = start[k];
-            for (Py_ssize_t i = 0; i < n; i++) ys[fill[iv[i]]++] = yv[i];
+            start = gr->start;
+            group_move(gr, iv, yv, ys, 1);
             enc_init(&e, (size_t)n / 8 + 16);
             for (Py_ssize_t k = 0; k < m.nm && !err; k++) {
                 const uint32_t *cdf = m.cdf + k * stride;
@@ -674,6 +773,7 @@ static PyObject *py_encode_y(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
         free(esc);
+        free(gr);
         if (err) {
             free(e.words);
             if (err == 1) PyErr_SetString(PyExc_ValueError, "scale index out of range");
@@ -723,18 +823,30 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
         uint8_t *escnb = NULL, *esck = NULL;
         uint64_t *escu = NULL;
         Py_ssize_t nesc = 0, esc_cap = 0;
-        Py_ssize_t start[257], fill[256];
+        Groups *gr = NULL;
+        Py_ssize_t *start = NULL;
         int err = 0;
         Py_BEGIN_ALLOW_THREADS
-        if (group_starts(iv, n, m.nm, start) < 0) err = 8;
+        gr = (Groups *)malloc(sizeof(Groups));
+        if (!gr) err = 9;
+        else {
+            int gb = group_blocks(iv, n, m.nm, gr);
+            if (gb == -1) err = 8;
+            else if (gb < 0) err = 9; /* more than 2^32 symbols in one stream */
+            else start = gr->start;
+        }
         Dec dd;
         dec_init(&dd, (const unsigned char *)d.b.buf, (size_t)d.b.len);
         for (Py_ssize_t k = 0; k < m.nm && !err; k++) {
             const uint32_t *cdf = m.cdf + k * stride;
             const uint16_t *lut = m.lut + k * LUT_SIZE;
             const int64_t rk = rad[k], top = 2 * rk + 2;
+            uint32_t pm, mode = cdf_mode(cdf, m.size[k], &pm);
+            /* mode-first where it pays (a miss costs a mispredicted branch) */
+            const int use_mode = pm >= (ONE >> 2);
+            const uint64_t cm = cdf[mode], cm1 = cdf[mode + 1];
             for (Py_ssize_t j = start[k]; j < start[k + 1]; j++) {
-                int64_t t = dec_categorical(&dd, cdf, lut);
+                int64_t t = use_mode ? dec_categorical_mode(&dd, cdf, lut, mode, cm, cm1) : dec_categorical(&dd, cdf, lut);
                 if (t < 0) {
                     err = 1;
                     break;
@@ -808,10 +920,10 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
             else if (mk != END_MARKER) err = 3;
         }
         if (!err) { /* back to raster order */
-            for (Py_ssize_t k = 0; k < m.nm; k++) fill[k] = start[k];
-            for (Py_ssize_t i = 0; i < n; i++) ov[i] = ys[fill[iv[i]]++];
+            group_move(gr, iv, ys, ov, 0);
         }
         Py_END_ALLOW_THREADS
+        free(gr);
         free(escj);
         free(esck);
         free(escnb);
@@ -1098,6 +1210,318 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* integer scale net kernels (intnet._scale_indices_c): im2col, hidden-layer post (bias,  */
+/* shift, floor, clip, pixel shuffle into the next layer's zero-padded input) and the     */
+/* last layer's post with its own column norms. Plain loops; every value they produce is  */
+/* an exact integer (see intnet's module docstring), so order and vectorisation do not     */
+/* matter.                                                                                 */
+
+/* AVX2 clones of the plain loops below where the compiler supports function multiversioning
+ * (chosen at load time; the default clone runs elsewhere). Integer-exact work and the IEEE
+ * operations of the settling test give the same results in either clone (no FMA: the
+ * "avx2" target does not enable it, and -ffp-contract=off). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 6
+#define ILC_SIMD __attribute__((target_clones("avx2", "default")))
+#else
+#define ILC_SIMD
+#endif
+
+ILC_SIMD static void im2col_loop(const float *xv, Py_ssize_t cin, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t r0,
+                                 Py_ssize_t n, void *ov, int f64) {
+    const Py_ssize_t wd = wp - 2;
+    for (Py_ssize_t c = 0; c < cin; c++)
+        for (Py_ssize_t kh = 0; kh < 3; kh++)
+            for (Py_ssize_t kw = 0; kw < 3; kw++) {
+                Py_ssize_t row = (c * 3 + kh) * 3 + kw;
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    const float *restrict src = xv + (c * hp + r0 + i + kh) * wp + kw;
+                    if (f64) {
+                        double *restrict dst = (double *)ov + (row * n + i) * wd;
+                        for (Py_ssize_t j = 0; j < wd; j++) dst[j] = (double)src[j];
+                    } else {
+                        float *restrict dst = (float *)ov + (row * n + i) * wd;
+                        for (Py_ssize_t j = 0; j < wd; j++) dst[j] = src[j];
+                    }
+                }
+            }
+}
+
+ILC_SIMD static void hidden_post_loop(const double *av, const double *bias, Py_ssize_t cout, Py_ssize_t n, Py_ssize_t w,
+                                      double inv, double top, float *dv, Py_ssize_t hp2, Py_ssize_t wp2, Py_ssize_t r0) {
+    for (Py_ssize_t o = 0; o < cout; o++) {
+        const Py_ssize_t c = o >> 2, dy = (o >> 1) & 1, dx = o & 1;
+        const double bo = bias[o];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double *restrict arow = av + (o * n + i) * w;
+            float *restrict orow = dv + (c * hp2 + 1 + 2 * (r0 + i) + dy) * wp2 + 1 + dx;
+            for (Py_ssize_t j = 0; j < w; j++) {
+                double x = (arow[j] + bo) * inv;
+                x = x > 0.0 ? x : 0.0;
+                x = x < top ? x : top;
+                orow[2 * j] = (float)(int32_t)x;
+            }
+        }
+    }
+}
+
+/* the settling pass of last_post for one output channel (see there) */
+ILC_SIMD static void settle_row(const float *restrict vrow, const double *restrict cnv, Py_ssize_t n, double bo, double wo,
+                                double margin, double t0, double ginv, double gtop, uint8_t *restrict orow) {
+    const double lim = 70368744177664.0; /* 2^46 */
+    for (Py_ssize_t p = 0; p < n; p++) {
+        double xv = (double)vrow[p] + bo;
+        double bnd = wo * cnv[p] + margin;
+        double ul = (xv - bnd - t0) * ginv, uh = (xv + bnd - t0) * ginv;
+        ul = ul > -1.0 ? ul : -1.0; /* also maps NaN to -1 (then not settled: see ok) */
+        ul = ul < gtop ? ul : gtop;
+        uh = uh > -1.0 ? uh : -1.0;
+        uh = uh < gtop ? uh : gtop;
+        int fl = (int)(ul + 1.0), fh = (int)(uh + 1.0); /* floor(u) + 1: u + 1 >= 0 */
+        int ok = (fl == fh) & (fabs(xv) + bnd < lim);
+        orow[p] = ok ? (uint8_t)fl : (uint8_t)255;
+    }
+}
+
+static int get_buf_f(PyObject *o, Buf *out, int writable, const char *what) { /* float32 or float64 */
+    out->held = 0;
+    if (PyObject_GetBuffer(o, &out->b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    out->held = 1;
+    const char *f = out->b.format ? out->b.format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    if (!((out->b.itemsize == 4 && f[0] == 'f' && !f[1]) || (out->b.itemsize == 8 && f[0] == 'd' && !f[1]))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a float32 or float64 buffer", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* im2col(xp float32 (cin, hp, wp), cin, hp, wp, r0, n, out (cin*9, n*(wp-2)) float32|float64):
+ * out[(c*3+kh)*3+kw, i*wd+j] = xp[c, r0+i+kh, j+kw] for output rows r0 .. r0+n-1. */
+static PyObject *py_im2col(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    Py_ssize_t cin, hp, wp, r0, n;
+    if (!PyArg_ParseTuple(args, "OnnnnnO", &xo, &cin, &hp, &wp, &r0, &n, &oo)) return NULL;
+    Buf x, o;
+    o.held = 0;
+    PyObject *ret = NULL;
+    if (get_buf(xo, &x, 4, 0, "xp") < 0 || get_buf_f(oo, &o, 1, "out") < 0) goto done;
+    Py_ssize_t wd = wp - 2;
+    if (cin < 1 || hp < 3 || wd < 1 || n < 1 || r0 < 0 || r0 + n > hp - 2 || nitems(&x) != cin * hp * wp ||
+        nitems(&o) != cin * 9 * n * wd) {
+        PyErr_SetString(PyExc_ValueError, "im2col: inconsistent sizes");
+        goto done;
+    }
+    {
+        const float *xv = (const float *)x.b.buf;
+        int f64 = o.b.itemsize == 8;
+        void *ov = o.b.buf;
+        Py_BEGIN_ALLOW_THREADS
+        im2col_loop(xv, cin, hp, wp, r0, n, ov, f64);
+        Py_END_ALLOW_THREADS
+        Py_INCREF(Py_None);
+        ret = Py_None;
+    }
+done:
+    rel(&x);
+    rel(&o);
+    return ret;
+}
+
+/* hidden_post(acc float64 (cout, n*w), bias float64 (cout), shift k, act_max,
+ *             dst float32 (cout/4, 2h+2, 2w+2), r0, n, w):
+ * a = clip(floor((acc + b) * 2^-k), 0, act_max), pixel-shuffled (torch.nn.PixelShuffle(2):
+ * channel 4c + 2dy + dx goes to channel c, position (2i+dy, 2j+dx)) into the interior of
+ * the zero-padded dst (border untouched). acc + b is an exact integer (< 2^53), the scaling
+ * by a power of two is exact, and for x >= 0 truncation is floor, so
+ * clip(floor(x), 0, M) == trunc(min(max(x, 0), M)) for an integer M. */
+static PyObject *py_hidden_post(PyObject *self, PyObject *args) {
+    PyObject *ao, *bo, *dobj;
+    Py_ssize_t k, amax, r0, n, w;
+    if (!PyArg_ParseTuple(args, "OOnnOnnn", &ao, &bo, &k, &amax, &dobj, &r0, &n, &w)) return NULL;
+    Buf a, b, d;
+    b.held = d.held = 0;
+    PyObject *ret = NULL;
+    if (get_buf(ao, &a, 8, 0, "acc") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(dobj, &d, 4, 1, "dst") < 0)
+        goto done;
+    {
+        Py_ssize_t cout = nitems(&b), nc = cout / 4, wp2 = 2 * w + 2;
+        Py_ssize_t hp2 = nc > 0 && wp2 > 0 ? nitems(&d) / (nc * wp2) : 0;
+        if (cout < 4 || cout % 4 || w < 1 || n < 1 || r0 < 0 || k < 0 || k > 62 || amax < 0 || amax >= ((Py_ssize_t)1 << 31) ||
+            nitems(&a) != cout * n * w || nitems(&d) != nc * hp2 * wp2 || 2 * (r0 + n) + 2 > hp2) {
+            PyErr_SetString(PyExc_ValueError, "hidden_post: inconsistent sizes");
+            goto done;
+        }
+        const double *av = (const double *)a.b.buf, *bias = (const double *)b.b.buf;
+        float *dv = (float *)d.b.buf;
+        const double inv = ldexp(1.0, -(int)k), top = (double)amax;
+        Py_BEGIN_ALLOW_THREADS
+        hidden_post_loop(av, bias, cout, n, w, inv, top, dv, hp2, wp2, r0);
+        Py_END_ALLOW_THREADS
+        Py_INCREF(Py_None);
+        ret = Py_None;
+    }
+done:
+    rel(&a);
+    rel(&b);
+    rel(&d);
+    return ret;
+}
+
+/* last_post(v32 float32 (cout*n), bias f64 (cout), wscale f64 (cout), thresholds f64 (nt),
+ *           out uint8 (cout, hp-2, wp-2) writable (rows r0 .. r0+n/wd-1 written),
+ *           xp float32 (cin, hp, wp) padded input, cin, hp, wp, r0, w64 f64 (cout, cin*9))
+ *   -> number of elements recomputed exactly.
+ * Same as last_layer_post, with the column norms ||im2col column||_2 computed here (sums of
+ * squares of integers below 2^24: relative error below K 2^-53, none while the sums stay
+ * below 2^53; one correctly rounded sqrt; a relative margin of 1e-12, and wscale carries
+ * 2^-20), and a table-free settling pass first (intnet's module docstring has the argument). */
+static PyObject *py_last_post(PyObject *self, PyObject *args) {
+    PyObject *vo, *bo, *wo, *to, *oo, *xo, *w6o;
+    Py_ssize_t cin, hp, wp, r0;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnO", &vo, &bo, &wo, &to, &oo, &xo, &cin, &hp, &wp, &r0, &w6o)) return NULL;
+    Buf v, b, w, t, o, x, w6;
+    b.held = w.held = t.held = o.held = x.held = w6.held = 0;
+    PyObject *ret = NULL;
+    if (get_buf(vo, &v, 4, 0, "v") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(wo, &w, 8, 0, "wscale") < 0 ||
+        get_buf(to, &t, 8, 0, "thresholds") < 0 || get_buf(oo, &o, 1, 1, "out") < 0 || get_buf(xo, &x, 4, 0, "xp") < 0 ||
+        get_buf(w6o, &w6, 8, 0, "w64") < 0)
+        goto done;
+    Py_ssize_t cout = nitems(&b), nt = nitems(&t), wd = wp - 2, h = hp - 2;
+    Py_ssize_t n = cout > 0 ? nitems(&v) / cout : 0, nr = wd > 0 ? n / wd : 0;
+    if (cin < 1 || h < 1 || wd < 1 || cout < 1 || nr < 1 || nr * wd != n || nitems(&v) != cout * n || r0 < 0 ||
+        r0 + nr > h || nitems(&w) != cout || nitems(&o) != cout * h * wd || nitems(&x) != cin * hp * wp ||
+        nitems(&w6) != cout * cin * 9 || nt > 254) { /* 255 marks unsettled elements below */
+        PyErr_SetString(PyExc_ValueError, "last_post: inconsistent sizes");
+        goto done;
+    }
+    {
+        const float *vv = (const float *)v.b.buf, *xpv = (const float *)x.b.buf;
+        const double *bias = (const double *)b.b.buf, *ws = (const double *)w.b.buf;
+        const double *th = (const double *)t.b.buf, *wt = (const double *)w6.b.buf;
+        uint8_t *out = (uint8_t *)o.b.buf;
+        Py_ssize_t nexact = 0;
+        int oom = 0;
+        Py_BEGIN_ALLOW_THREADS
+        double *tp = (double *)malloc((size_t)(nt + 2) * sizeof(double));
+        double *sq = (double *)calloc((size_t)(nr + 2) * (size_t)wp, sizeof(double));
+        double *cn = (double *)malloc((size_t)n * sizeof(double));
+        if (!tp || !sq || !cn) oom = 1;
+        if (!oom) {
+            tp[0] = -HUGE_VAL;
+            for (Py_ssize_t j = 0; j < nt; j++) tp[j + 1] = th[j];
+            tp[nt + 1] = HUGE_VAL;
+            /* per padded pixel: sum over channels of a^2 (rows r0 .. r0+nr+1 of xp) */
+            for (Py_ssize_t c = 0; c < cin; c++) {
+                const float *restrict src = xpv + (c * hp + r0) * wp;
+                for (Py_ssize_t q = 0; q < (nr + 2) * wp; q++) {
+                    double a = (double)src[q];
+                    sq[q] += a * a;
+                }
+            }
+            for (Py_ssize_t i = 0; i < nr; i++)
+                for (Py_ssize_t j = 0; j < wd; j++) {
+                    double box = 0.0;
+                    for (Py_ssize_t kh = 0; kh < 3; kh++)
+                        for (Py_ssize_t kw = 0; kw < 3; kw++) box += sq[(i + kh) * wp + j + kw];
+                    cn[i * wd + j] = sqrt(box * (1.0 + 1e-12));
+                }
+        }
+        const double t0 = nt ? th[0] : 0.0;
+        /* Fast pass, no table lookups: thresholds are nearly evenly spaced; with the line
+           L(i) = t0 + i * step and D = max_i |T_i - L(i)|, widen [x - bound, x + bound] by
+           M = D + 16 + 2^-40 (|T_0| + |T_last|) (covers D and the float64 rounding of the
+           lines below while |x| + bound < 2^46, a few units at most) and map both ends to
+           u = (. - t0) / step. If both floor to the same f in [-1, nt - 1], then T_i <= x - bound
+           for i <= f and T_i > x + bound for i > f, so the index of every value in the interval
+           (the exact v among them) is f + 1. Anything else is marked 255 (an index is at
+           most nt <= 254) and redone below. */
+        double step = 0.0, dev = 0.0;
+        if (nt > 1 && th[nt - 1] > th[0]) {
+            step = (th[nt - 1] - th[0]) / (double)(nt - 1);
+            for (Py_ssize_t j2 = 0; j2 < nt; j2++) {
+                double d = fabs(th[j2] - (th[0] + (double)j2 * step));
+                dev = d > dev ? d : dev;
+            }
+        }
+        const double margin = dev + 16.0 + ldexp(nt ? fabs(th[0]) + fabs(th[nt - 1]) : 0.0, -40);
+        const int use_grid = step > 0.0 && margin < 0.25 * step;
+        const double ginv = use_grid ? 1.0 / step : 0.0, gtop = (double)nt - 0.5;
+        for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
+            const float *restrict vrow = vv + oc * n;
+            uint8_t *restrict orow = out + (oc * h + r0) * wd;
+            const double bo = bias[oc], wo = ws[oc];
+            const double *restrict cnv = cn;
+            if (!use_grid) {
+                memset(orow, 255, (size_t)n);
+                continue;
+            }
+            settle_row(vrow, cnv, n, bo, wo, margin, t0, ginv, gtop, orow);
+        }
+        for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
+            const float *vrow = vv + oc * n;
+            uint8_t *orow = out + (oc * h + r0) * wd;
+            const double bo = bias[oc], wo = ws[oc];
+            for (Py_ssize_t p = 0; p < n; p++) {
+                const uint8_t *hit = (const uint8_t *)memchr(orow + p, 255, (size_t)(n - p));
+                if (!hit) break;
+                p = hit - orow;
+                double xv = (double)vrow[p] + bo;
+                double bound = wo * cn[p];
+                Py_ssize_t g = 0;
+                int exact = 0;
+                for (;;) {
+                    while (g < nt && xv >= tp[g + 1]) g++;
+                    while (g > 0 && xv < tp[g]) g--;
+                    if (exact || ((xv - bound >= tp[g]) & (xv + bound < tp[g + 1]))) {
+                        orow[p] = (uint8_t)g;
+                        break;
+                    }
+                    /* not settled by the bound: the exact integer dot product, in float64
+                       (every product and partial sum is an integer below 2**53) */
+                    const double *wrow = wt + oc * cin * 9;
+                    Py_ssize_t r = r0 + p / wd, col = p % wd;
+                    /* three partial sums (one per kernel row): any order is exact */
+                    double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0;
+                    for (Py_ssize_t ci = 0; ci < cin; ci++) {
+                        const double *wc = wrow + ci * 9;
+                        const float *x0 = xpv + (ci * hp + r) * wp + col, *x1 = x0 + wp, *x2 = x1 + wp;
+                        acc0 += wc[0] * (double)x0[0] + wc[1] * (double)x0[1] + wc[2] * (double)x0[2];
+                        acc1 += wc[3] * (double)x1[0] + wc[4] * (double)x1[1] + wc[5] * (double)x1[2];
+                        acc2 += wc[6] * (double)x2[0] + wc[7] * (double)x2[1] + wc[8] * (double)x2[2];
+                    }
+                    xv = (acc0 + acc1 + acc2) + bo;
+                    exact = 1;
+                    nexact++;
+                    if (xv != xv) { /* cannot happen for finite inputs; keep the index defined */
+                        orow[p] = 0;
+                        break;
+                    }
+                }
+            }
+        }
+        free(tp);
+        free(sq);
+        free(cn);
+        Py_END_ALLOW_THREADS
+        if (oom) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        ret = PyLong_FromSsize_t(nexact);
+    }
+done:
+    rel(&v);
+    rel(&b);
+    rel(&w);
+    rel(&t);
+    rel(&o);
+    rel(&x);
+    rel(&w6);
+    return ret;
+}
+
 static PyObject *py_set_error_class(PyObject *self, PyObject *cls) {
     Py_XINCREF(cls);
     Py_XSETREF(BitstreamError, cls);
@@ -1114,6 +1538,9 @@ static PyMethodDef methods[] = {
     {"encode_segments", py_encode_segments, METH_VARARGS, "generic encoder: list of (kind, param, symbols)"},
     {"decode_segments", py_decode_segments, METH_VARARGS, "generic decoder: list of (kind, param, count)"},
     {"last_layer_post", py_last_layer_post, METH_VARARGS, "integer scale net: threshold index with an error bound"},
+    {"im2col", py_im2col, METH_VARARGS, "integer scale net: 3x3 im2col of a zero-padded float32 input"},
+    {"hidden_post", py_hidden_post, METH_VARARGS, "integer scale net: bias, shift, floor, clip, pixel shuffle"},
+    {"last_post", py_last_post, METH_VARARGS, "integer scale net: last layer's threshold index with its column norms"},
     {"set_error_class", py_set_error_class, METH_O, "exception class for corrupted streams"},
     {NULL, NULL, 0, NULL},
 };

@@ -16,9 +16,38 @@ output channel o of every layer, where in_max is the bound of the layer's input
 of every dot product, in any summation order, is then an integer below 2**53, hence
 exactly representable in float64, so BLAS (any blocking, FMA or not, any thread count)
 returns the exact integer result. floor(acc * 2**-k) of an exact integer is exact too.
+
+Fast path (scale_indices' default where the C extension is built: _scale_indices_c; the
+numpy functions below remain the reference, ``exact_f64=True`` / $ILC_INTNET_F64=1):
+
+- Layers 0, 1: im2col in C (float32 -> float64, a copy), the float64 GEMM above (exact), then
+  one C pass (hidden_post) per band: x = (acc + b) * 2**-k (exact: acc + b is an integer below
+  2**53, the scaling a power of two) and a = trunc(min(max(x, 0), M)) with M = act_max. For
+  an integer M >= 0 this equals clip(floor(x), 0, M): on [0, M] truncation is floor, below 0
+  both give 0, above M both give M. a < 2**24 is exact in float32; it is written
+  pixel-shuffled into the zero-padded input of the next layer (no numpy pass in between).
+- Layer 2: float32 GEMM with the error bound of _last_layer_indices_f32, B = gamma_{K+2}
+  ||W_o|| ||a_p|| (1 + 2**-20). The margin covers the float64 rounding of the norms
+  (||a_p||^2 and ||W_o||^2 are sums of at most K squares of integers, relative error below
+  K 2**-53 < 2**-40, none for the shipped tables' activations; sqrt and products: a few
+  2**-53) and v32 + b is exact in float64 (an integer below 2**53). Settling (C, last_post) without
+  table lookups: the thresholds are nearly evenly spaced; with L(i) = T_0 + i * step, step =
+  (T_last - T_0) / (S - 2) and D = max_i |T_i - L(i)|, the interval [v - B - m, v + B + m],
+  m = D + 16 + 2**-40 (|T_0| + |T_last|) (the float64 rounding of these few operations is
+  below 1 while |v| + B < 2**46, which is required), is mapped to u = (. - T_0) / step; if
+  both ends floor to the same f (clamped to [-1, S - 2]), then T_i <= v - B for i <= f and
+  T_i > v + B for i > f, so the index of every value in [v - B, v + B] (the exact v among
+  them) is f + 1. Elements not settled so (a fraction of a percent on real frames; all when the
+  thresholds are not evenly spaced, m >= step / 4) go through the per-element test against
+  the two neighbouring thresholds and, if the bound still does not settle them, the exact
+  float64 dot product (0.15 % of the elements of a 1080p frame). So every index equals the
+  float64 path's, on every input.
+  tests/test_codec_fastpath.py checks this on the shipped models, on w_hat at the bounds of
+  the prior's support and on forged tables.
 """
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -359,7 +388,9 @@ def _work(name: str, shape: tuple, dtype) -> np.ndarray:
     if cache is None:
         cache = _LOCAL.arrays = {}
     arr = cache.get(name)
-    size = int(np.prod(shape))
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    size = math.prod(shape)  # not np.prod: this runs ~10 times per call, np.prod costs ~20 us
     if arr is None or arr.dtype != np.dtype(dtype) or arr.size < size or arr.size > 4 * size + 2**20:
         arr = cache[name] = np.empty(size, dtype)
     return arr[:size].reshape(shape)
@@ -371,6 +402,111 @@ def _has_c_post() -> bool:
     except ImportError:
         return False
     return True
+
+
+_C_KERNELS: list = []
+
+
+def _has_c_kernels() -> bool:
+    if not _C_KERNELS:
+        try:
+            from ._rangecoder import hidden_post, im2col, last_post  # noqa: F401
+        except ImportError:
+            _C_KERNELS.append(False)
+        else:
+            _C_KERNELS.append(True)
+    return _C_KERNELS[0]
+
+
+def _prepared(tables: CodecTables) -> dict:
+    """The tables' weights in the layouts the C path uses, cached on the tables object (keyed
+    by the identity of the arrays it was made from, which it keeps alive)."""
+    src = tuple(tables.weights) + tuple(tables.biases) + (tables.thresholds, tables.shifts, tables.act_max)
+    hit = tables.__dict__.get("_intnet_prepared")
+    if hit is not None and len(hit[0]) == len(src) and all(a is b for a, b in zip(hit[0], src)):
+        return hit[1]
+    hidden = []
+    for layer in range(2):
+        wt = tables.weights[layer]
+        hidden.append((np.ascontiguousarray(wt.reshape(wt.shape[0], -1), dtype=np.float64),
+                       np.ascontiguousarray(tables.biases[layer], dtype=np.float64),
+                       int(tables.shifts[layer]), int(tables.act_max[layer])))
+    wt = tables.weights[2]
+    cout, k = wt.shape[0], wt[0].size
+    w64 = np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float64)
+    gamma = (k + 2) * _U32 / (1.0 - (k + 2) * _U32)
+    prep = {"hidden": hidden, "f32_ok": _f32_layer_ok(tables), "w32": np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float32), "w64": w64,
+            "b64": np.ascontiguousarray(tables.biases[2], dtype=np.float64),
+            # relative margin 2**-20 for the float64 rounding of the norms (< 2**-40)
+            "wscale": np.sqrt((w64 * w64).sum(axis=1)) * (gamma * (1.0 + 2.0**-20)),
+            "thresholds": np.ascontiguousarray(tables.thresholds, dtype=np.float64)}
+    tables.__dict__["_intnet_prepared"] = (src, prep)
+    return prep
+
+
+def _zero_border(xp: np.ndarray) -> np.ndarray:
+    xp[:, 0] = 0
+    xp[:, -1] = 0
+    xp[:, :, 0] = 0
+    xp[:, :, -1] = 0
+    return xp
+
+
+def _scale_indices_c(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
+    """scale_indices with the C kernels: no pass in numpy but the GEMMs.
+
+    Layers 0, 1: im2col (float32 -> float64) and a float64 GEMM per band, then one pass
+    (hidden_post) adds the bias, shifts, floors, clips and pixel-shuffles straight into the
+    next layer's zero-padded float32 input. Last layer: im2col (float32), a float32 GEMM and
+    last_post (error bound, exact float64 recomputation where needed, threshold index),
+    as in _last_layer_indices_f32. Same integers as the float64 path, in any band split."""
+    from . import _rangecoder as rc
+
+    prep = _prepared(tables)
+    xp = _hidden_c(tables, w_hat, prep)
+    cin, h, w = xp.shape[0], xp.shape[1] - 2, xp.shape[2] - 2
+    w32 = prep["w32"]
+    cout, kk = w32.shape
+    out = np.empty((cout, h, w), np.uint8)
+    rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, kk * w * 4))))
+
+    def last(r0):
+        n = min(h, r0 + rows) - r0
+        cols = _work("c32", (kk, n * w), np.float32)
+        rc.im2col(xp, cin, h + 2, w + 2, r0, n, cols)
+        v = _work("v32", (cout, n * w), np.float32)
+        np.matmul(w32, cols, out=v)
+        rc.last_post(v, prep["b64"], prep["wscale"], prep["thresholds"], out, xp, cin, h + 2, w + 2, r0, prep["w64"])
+
+    _run_bands(h, rows, last)
+    return out
+
+
+def _hidden_c(tables: CodecTables, w_hat: np.ndarray, prep: dict | None = None) -> np.ndarray:
+    """The last hidden activation, zero-padded by 1 on each side: (Nh, 4h + 2, 4w + 2) float32
+    holding exact integers (a per-thread scratch array: valid until the next call)."""
+    from . import _rangecoder as rc
+
+    prep = prep or _prepared(tables)
+    nh, h, w = w_hat.shape
+    xp = _zero_border(_work("xq0", (nh, h + 2, w + 2), np.float32))
+    xp[:, 1:-1, 1:-1] = w_hat  # exact: |w_hat| <= 2**20
+    for layer, (w64, b64, k, amax) in enumerate(prep["hidden"]):
+        cin, cout = xp.shape[0], w64.shape[0]
+        nxt = _zero_border(_work(f"xq{layer + 1}", (cout // 4, 2 * h + 2, 2 * w + 2), np.float32))
+        rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, cin * 9 * w * 8))))
+
+        def band(r0, xp=xp, nxt=nxt, cin=cin, cout=cout, h=h, w=w, rows=rows, w64=w64, b64=b64, k=k, amax=amax):
+            n = min(h, r0 + rows) - r0
+            cols = _work("c64", (cin * 9, n * w), np.float64)
+            rc.im2col(xp, cin, h + 2, w + 2, r0, n, cols)
+            acc = _work("a64", (cout, n * w), np.float64)
+            np.matmul(w64, cols, out=acc)
+            rc.hidden_post(acc, b64, k, amax, nxt, r0, n, w)
+
+        _run_bands(h, rows, band)
+        xp, h, w = nxt, 2 * h, 2 * w
+    return xp
 
 
 def scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None = None) -> np.ndarray:
@@ -386,12 +522,16 @@ def scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None
 
 
 def _scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None) -> np.ndarray:
-    a = hidden_activations(tables, w_hat)
-    out = np.empty((tables.latent_channels,) + a.shape[1:], np.uint8)
     if exact_f64 is None:
         import os
 
         exact_f64 = os.environ.get("ILC_INTNET_F64", "") == "1"
+    if not exact_f64 and tables.num_scales < 256 and _has_c_kernels() and _prepared(tables)["f32_ok"]:
+        w_hat = _check_w_hat(tables, w_hat)
+        if w_hat.size:
+            return _scale_indices_c(tables, w_hat)
+    a = hidden_activations(tables, w_hat)
+    out = np.empty((tables.latent_channels,) + a.shape[1:], np.uint8)
     if not exact_f64 and _f32_layer_ok(tables) and _has_c_post():
         _last_layer_indices_f32(tables, a, out)
         return out
