@@ -135,12 +135,7 @@ def _decode_all(codec, folder: Path, out: Path) -> dict:
     info = {}
     for f in sorted(folder.glob("*.ilc")):
         data = f.read_bytes()
-        header, streams = codec.read_header(data)
-        from ilc_export.pipeline import tiling
-
-        tiles = tiling.layout(header)
-        shapes = tiling.tile_shapes(codec.cfg, tiles)
-        syms = [codec.entropy.decode(streams[2 * t.index:2 * t.index + 2], sh["w"], sh["y"]) for t, sh in zip(tiles, shapes)]
+        syms = codec.file_symbols(data)
         img, _ = codec.decompress(data)
         np.save(out / f"{f.stem}.pixels.npy", img)
         np.savez(out / f"{f.stem}.symbols.npz", **{f"w{i}": s[0] for i, s in enumerate(syms)},
