@@ -7,9 +7,9 @@ from typing import Optional
 import typer
 
 from ..pipeline import api
-from .common import (DeviceOpt, ProviderOpt, console, device_options, fail, note, out, progress, user_errors,
+from .common import (DeviceOpt, ProviderOpt, device_options, fail, note, out, progress, user_errors,
                      version_option, warn)
-from .scale import EngineOpt, RayAddressOpt, WorkersOpt, engine_batch, open_engine, print_summary, ray_job
+from .scale import EngineOpt, RayAddressOpt, WorkersOpt, batch_job, engine_batch, open_engine, print_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -119,57 +119,15 @@ def compress(
     if not files:
         fail("no input images found")
     dsts = api.plan_outputs(files, output, api.BITSTREAM_SUFFIX, force)
-    if eng.name != "local":  # the actors open the model; this process only resolves it
-        job = ray_job("compress", model, quality, backend, precision, _backend_options(threads, device, provider),
-                      force, max_pixels, tile=tile, **zopts)
-    else:
-        codec = api.open_codec(model, quality, backend, precision, **_backend_options(threads, device, provider))
+    job = batch_job("compress", model, quality, backend, precision, _backend_options(threads, device, provider),
+                    force, max_pixels, tile=tile, **zopts)
 
     def done(src, dst, r):
         for n in r.notes or []:
             note(f"{src}: {n}")
         return f"{src} -> {dst}  {r.stats.num_bytes} bytes  {r.stats.bpp:.4f} bpp  {r.stats.total_time * 1000:.0f} ms"
 
-    if eng.name != "local":
-        return engine_batch("compress", eng, job, list(zip(files, dsts)), done)
-    _batch("compress", files, dsts,
-           lambda src, dst: api.compress_file(codec, src, dst, overwrite=force, tile=tile, **zopts),
-           done, jobs)
-
-
-def _batch(name, files, dsts, work, describe, jobs: int = 1):
-    """Run `work` over files with a progress bar; report each failure, finish the rest, exit 1 if any failed.
-
-    jobs > 1 runs files concurrently in threads sharing one model: the backends and numpy
-    release the GIL, so this helps when each image alone cannot use every core.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    failed = 0
-    pool = ThreadPoolExecutor(jobs) if jobs > 1 else None
-    try:
-        with progress() as prog:
-            task = prog.add_task(name, total=len(files), info="")
-            todo = list(zip(files, dsts))
-            if pool is None:
-                results = ((src, dst, work(src, dst)) for src, dst in todo)
-            else:
-                futs = [(src, dst, pool.submit(work, src, dst)) for src, dst in todo]
-                results = ((src, dst, f.result()) for src, dst, f in futs)  # report in input order
-            for src, dst, r in results:
-                if r.error:
-                    failed += 1
-                    console.print("[red]error:[/] " + _escape(r.error), highlight=False)
-                else:
-                    out.print(describe(src, dst, r), highlight=False, markup=False)
-                prog.update(task, advance=1, info=src.name)
-    finally:
-        if pool is not None:  # on Ctrl-C: drop what has not started, let running files finish atomically
-            pool.shutdown(wait=True, cancel_futures=True)
-    if failed:
-        if len(files) == 1:  # its error line said it all
-            raise typer.Exit(1)
-        fail(f"{failed} of {len(files)} files failed")
+    engine_batch("compress", eng, job, list(zip(files, dsts)), done)
 
 
 @app.command()
@@ -202,11 +160,8 @@ def decompress(
     if reference is not None and len(files) != 1:
         raise api.UsageError("--reference needs exactly one input file")
     dsts = api.plan_outputs(files, output, ".png", force)
-    if eng.name != "local":
-        job = ray_job("decompress", model, None, backend, precision, _backend_options(threads, device, provider),
-                      force, max_pixels)
-    else:
-        cache = api.CodecCache(model, backend, precision=precision, **_backend_options(threads, device, provider))
+    job = batch_job("decompress", model, None, backend, precision, _backend_options(threads, device, provider),
+                    force, max_pixels)
 
     def done(src, dst, r):
         msg = f"{src} -> {dst}  {r.stats.width}x{r.stats.height}  {r.stats.total_time * 1000:.0f} ms"
@@ -217,9 +172,7 @@ def decompress(
             msg += f"  PSNR {psnr(load_rgb(reference)[0], load_rgb(dst)[0]):.2f} dB  {r.stats.bpp:.4f} bpp"
         return msg
 
-    if eng.name != "local":
-        return engine_batch("decompress", eng, job, list(zip(files, dsts)), done)
-    _batch("decompress", files, dsts, lambda src, dst: api.decompress_file(cache, src, dst, overwrite=force), done, jobs)
+    engine_batch("decompress", eng, job, list(zip(files, dsts)), done)
 
 
 @app.command()
@@ -346,12 +299,6 @@ def report(
         if v is not None:
             out.print(f"{r['codec']}: BD-rate vs Pillow JPEG (PSNR) {v:+.1f}%", highlight=False)
     out.print(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}")
-
-
-def _escape(s: str) -> str:
-    from rich.markup import escape
-
-    return escape(s)
 
 
 def main():

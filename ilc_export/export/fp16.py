@@ -36,6 +36,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import IlcError
+
 FLOAT = TensorProto.FLOAT
 FLOAT16 = TensorProto.FLOAT16
 
@@ -61,7 +63,7 @@ FP32_SCOPES = ("/h_a/",)
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
-class Fp16Error(RuntimeError):
+class Fp16Error(IlcError, RuntimeError):
     pass
 
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import IlcError
 from . import cuda_probe
 from .trt_flavours import FP32_GRAPHS, Flavour, FlavourError, detect, normalise_cc
 
@@ -50,7 +51,7 @@ DEFAULT_MAX_SHAPE = (1, 2176, 3840)  # 4K UHD padded
 DEFAULT_CCS = ("SM86", "SM89")
 
 
-class BuildError(RuntimeError):
+class BuildError(IlcError, RuntimeError):
     """An engine could not be built (bad input, unsupported option, builder failure)."""
 
 

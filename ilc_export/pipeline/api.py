@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 from ..backends import load_backend
 from ..codec.bitstream import file_mode_for, unpack
 from ..codec.errors import BitstreamError
+from ..errors import IlcError
 from .codec import ImageCodec, Stats
 from .image_io import IMAGE_SUFFIXES, ImageError, load_rgb
 from .models import ModelNotFound, UsageError, find_model, normalise_backend, resolve
@@ -24,11 +25,11 @@ BITSTREAM_SUFFIX = ".ilc"
 DECODED_SUFFIX = ".decoded.png"
 
 
-class OutputError(OSError):
+class OutputError(IlcError, OSError):
     """An output file cannot be written where asked (exists, unwritable folder, clash)."""
 
 
-class CodingError(ValueError):
+class CodingError(IlcError, ValueError):
     """One file failed to compress or decompress (the message names it and the reason)."""
 
 

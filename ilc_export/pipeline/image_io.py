@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import IlcError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp", ".gif", ".tga"}
 MAX_SIDE = 65535  # the bitstream stores sizes as u16
 
 
-class ImageError(ValueError):
+class ImageError(IlcError, ValueError):
     """An input that cannot be coded, with a one-line reason."""
 
 

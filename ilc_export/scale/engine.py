@@ -132,11 +132,15 @@ class Engine(Protocol):
     """Runs a job over items and yields each ItemResult as it completes (any order).
 
     ``workers`` is how many workers the last run used; ``startup_seconds`` how long the
-    first of them took to be ready (model loaded)."""
+    first of them took to be ready (model loaded). ``ordered``: front ends report results
+    in input order (a batch here reads like a loop over the files); ``remote``: workers are
+    other processes or machines, so start-up and throughput are worth a summary line."""
 
     name: str
     workers: int
     startup_seconds: float
+    ordered: bool
+    remote: bool
 
     def run(self, job: Job, items: list[Item]) -> Iterator[ItemResult]: ...
 
@@ -247,6 +251,8 @@ class LocalEngine:
     """This process: one Worker, ``jobs`` files at a time in threads sharing its model."""
 
     name = "local"
+    ordered = True
+    remote = False
 
     def __init__(self, jobs: int = 1):
         self.jobs = max(1, int(jobs))
@@ -304,19 +310,27 @@ def make_engine(name: str = "local", *, jobs: int = 1, address: str | None = Non
 
 
 def run_batch(engine: Engine, job: Job, items: list[Item],
-              on_result: Callable[[ItemResult, int, int], None] | None = None) -> BatchResult:
+              on_result: Callable[[ItemResult, int, int], None] | None = None,
+              ordered: bool = False) -> BatchResult:
     """Run ``job`` over ``items`` on ``engine``; call ``on_result(result, done, total)`` as each
-    file finishes (for one progress bar); return results in input order and a summary."""
+    file finishes (for one progress bar; ordered: in input order, each result as soon as the
+    ones before it are in); return results in input order and a summary."""
     t0 = time.perf_counter()
     results: list[ItemResult | None] = [None] * len(items)
     gen = engine.run(job, items)
     try:
-        done = 0
+        done = reported = 0
         for r in gen:
             results[r.index] = r
             done += 1
-            if on_result is not None:
+            if on_result is None:
+                continue
+            if not ordered:
                 on_result(r, done, len(items))
+                continue
+            while reported < len(items) and results[reported] is not None:
+                reported += 1
+                on_result(results[reported - 1], reported, len(items))
     finally:
         close = getattr(gen, "close", None)
         if close is not None:

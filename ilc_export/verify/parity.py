@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.base import GRAPHS, BackendError
+from ..errors import IlcError
 from ..export.manifest import (
     ManifestError,
     model_id_of_file,
@@ -38,7 +39,7 @@ DEFAULT_TOLERANCES = {
 }
 
 
-class VerifyError(RuntimeError):
+class VerifyError(IlcError, RuntimeError):
     pass
 
 
