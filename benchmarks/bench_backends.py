@@ -20,7 +20,7 @@ backend) and the rest (container, padding, rounding). Reported per backend and t
   torch.mm's peak is shown too (torch's own BLAS).
 
 The checkpoint is never modified: if it lacks codec tables, a copy in a temp folder is
-finalized (ilc_export.codec.tables_build.finalize_checkpoint) and exported to ONNX there.
+finalized (ilc_export.export.tables_build.finalize_checkpoint) and exported to ONNX there.
 Timings are only comparable within one run (see ../shared/SPEC.md section 5).
 """
 from __future__ import annotations
@@ -52,14 +52,17 @@ import flops as flops_mod
 def has_tables(ckpt: Path) -> bool:
     from safetensors import safe_open
 
+    from ilc_export.contract.model_id import TABLE_PREFIX
+
     with safe_open(str(ckpt), framework="numpy") as f:
-        return any(k.startswith("tables.") for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+        return any(k.startswith(TABLE_PREFIX) for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
 
 
 def prepare_models(ckpt: Path, onnx_dir: Path | None, tmp: Path, calib: Path | None = None,
                    say=print) -> tuple[Path, Path, list[str]]:
     """(checkpoint with tables, ONNX export folder, warnings); never writes to `ckpt`."""
-    from ilc_export.export.manifest import model_id_of_file, read_manifest
+    from ilc_export.contract.manifest import read_manifest
+    from ilc_export.contract.model_id import model_id_of_file
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
@@ -69,7 +72,7 @@ def prepare_models(ckpt: Path, onnx_dir: Path | None, tmp: Path, calib: Path | N
     warnings: list[str] = []
     shutil.copyfile(ckpt, copy)
     if not has_tables(copy):
-        from ilc_export.codec.tables_build import finalize_checkpoint
+        from ilc_export.export.tables_build import finalize_checkpoint
 
         say(f"{ckpt.name} has no codec tables: finalizing a copy in {tmp}")
         finalize_checkpoint(copy, calib)
@@ -346,7 +349,7 @@ def _csv(s: str, kind=str) -> list:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ilc_export.backends import ALIASES
+    from ilc_export.backends import registry
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, type=Path, help="checkpoint (.safetensors); never modified")
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, help="write all results here")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
-    backends = [ALIASES.get(b, b) for b in _csv(args.backends)]
+    backends = [registry.canonical(b) or b for b in _csv(args.backends)]
     threads = _csv(args.threads, int)
     from rich.console import Console
 

@@ -31,7 +31,7 @@ def _tables(ckpt: str | None, config: str):
     from ilc_reference.config import ModelConfig, tiny_config
     from ilc_reference.model import build_model
 
-    from ilc_export.codec.tables_build import build_tables
+    from ilc_export.export.tables_build import build_tables
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     from ilc_export.backends import BackendError, load_backend
-    from ilc_export.backends.torch_backend import resolve_device
+    from ilc_export.backends.pytorch.loader import resolve_device
     from ilc_export.pipeline.codec import ImageCodec
     from ilc_export.pipeline.models import shipped_checkpoint
 

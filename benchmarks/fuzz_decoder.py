@@ -75,7 +75,7 @@ def tiny_model(folder: Path) -> Path:
     """The tests' tiny randomised model (tests/conftest.py::tiny_ckpt), finalised."""
     import torch
 
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_reference.checkpoint import save_checkpoint
     from ilc_reference.config import tiny_config
     from ilc_reference.model import build_model

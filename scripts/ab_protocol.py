@@ -118,8 +118,9 @@ def _init_file(arm: str, q: int, out: Path) -> Path:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from ilc_export.contract.config import ModelConfig
+    from ilc_export.contract.model_id import TABLE_PREFIX
     from ilc_reference.checkpoint import save_checkpoint
-    from ilc_reference.config import ModelConfig
     from ilc_reference.model import build_model
 
     src = GPU_WEIGHTS / f"ilc-q{q}.safetensors"
@@ -131,7 +132,7 @@ def _init_file(arm: str, q: int, out: Path) -> Path:
     cfg = ModelConfig.from_dict({**base, **over, "name": f"{arm}_q{q}"})
     torch.manual_seed(0)
     model = build_model(cfg)
-    sd = {k: v for k, v in load_file(str(src)).items() if not k.startswith("tables.")}
+    sd = {k: v for k, v in load_file(str(src)).items() if not k.startswith(TABLE_PREFIX)}
     res = model.load_state_dict(sd, strict=False)
     if res.unexpected_keys or any(not k.startswith("g.") for k in res.missing_keys):
         raise SystemExit(f"arm {arm}: init does not fit: {res}")
@@ -203,7 +204,7 @@ def train(args) -> None:
 def _calib(out: Path, n: int = 12) -> Path:
     """Calibration images for the integer scale net: first n training-split BSDS images, cropped
     to multiples of 64 (as scripts/ship_models.py)."""
-    from ilc_export.codec.tables_build import save_calibration_crops
+    from ilc_export.export.tables_build import save_calibration_crops
 
     dst = out / "data" / "calib"
     if dst.exists() and len(list(dst.iterdir())) == n:
@@ -213,7 +214,7 @@ def _calib(out: Path, n: int = 12) -> Path:
 
 
 def _finalize(src: Path, dst: Path, calib: Path) -> str:
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_reference.checkpoint import load_model, save_checkpoint
 
     dst.parent.mkdir(parents=True, exist_ok=True)

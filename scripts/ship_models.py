@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def calib_folder(src: Path, n: int, dst: Path) -> Path:
-    from ilc_export.codec.tables_build import save_calibration_crops
+    from ilc_export.export.tables_build import save_calibration_crops
 
     return save_calibration_crops(sorted(p for p in src.iterdir() if p.suffix.lower() in {".jpg", ".png"})[:n], dst)
 
@@ -26,7 +26,7 @@ def calib_folder(src: Path, n: int, dst: Path) -> Path:
 def main():
     import torch
 
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_reference.checkpoint import load_model, save_checkpoint
 
     ap = argparse.ArgumentParser()

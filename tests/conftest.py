@@ -43,7 +43,7 @@ def tiny_ckpt(tmp_path_factory):
     """A tiny randomised ILC checkpoint with codec tables (session-wide)."""
     import torch
 
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_reference.checkpoint import save_checkpoint
     from ilc_reference.config import tiny_config
     from ilc_reference.model import build_model

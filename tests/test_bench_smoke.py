@@ -31,7 +31,7 @@ def tiny_raw(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_export(tiny_raw, tmp_path_factory):
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_export.export.onnx_export import export_onnx
 
     d = tmp_path_factory.mktemp("bench_export")

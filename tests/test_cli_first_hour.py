@@ -114,7 +114,7 @@ def test_baseline_codes_on_every_backend(tmp_path):
 
     from conftest import randomize
     from ilc_export.backends import load_backend
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_export.export.onnx_export import export_onnx
     from ilc_export.pipeline.codec import ImageCodec
     from ilc_reference.checkpoint import save_checkpoint
@@ -230,8 +230,8 @@ def test_cli_catches_user_errors_only():
 
 # 6 ------------------------------------------------------------------------------------------
 def test_tables_keep_the_model_id_and_the_file(tiny_ckpt, tmp_path):
-    from ilc_export.codec.tables import model_id_of_file
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.contract.model_id import model_id_of_file
+    from ilc_export.export.tables_build import finalize_checkpoint
 
     ck = tmp_path / "m.safetensors"
     shutil.copyfile(tiny_ckpt, ck)

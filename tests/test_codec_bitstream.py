@@ -8,7 +8,8 @@ import zlib
 import pytest
 
 from ilc_export.codec import bitstream as bs
-from ilc_export.codec.bitstream import FORMAT_VERSION, HEADER_SIZE, MAGIC, Header, pack, unpack, write_atomic
+from ilc_export.codec.bitstream import FORMAT_VERSION, HEADER_SIZE, MAGIC, Header, pack, unpack
+from ilc_export.contract.files import write_atomic
 from ilc_export.codec.errors import BitstreamError
 
 MID = bytes(range(16))

@@ -197,7 +197,7 @@ def _tables(kind):
     from ilc_reference.model import build_model
 
     from ilc_export.codec.tables import CodecTables
-    from ilc_export.codec.tables_build import build_tables
+    from ilc_export.export.tables_build import build_tables
 
     torch.manual_seed(0)
     return CodecTables.from_tensors(build_tables(build_model(tiny_config()).eval()))

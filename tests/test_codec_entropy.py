@@ -151,7 +151,7 @@ def test_perturbed_encoder_still_decodes():
     from ilc_reference.config import tiny_config
     from ilc_reference.model import build_model
 
-    from ilc_export.codec.tables_build import build_tables
+    from ilc_export.export.tables_build import build_tables
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

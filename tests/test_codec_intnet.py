@@ -15,7 +15,7 @@ from ilc_reference.model import build_model
 from ilc_export.codec import intnet
 from ilc_export.codec.entropy import EntropyCodec
 from ilc_export.codec.tables import CodecTables
-from ilc_export.codec.tables_build import build_tables
+from ilc_export.export.tables_build import build_tables
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ SCRIPT = textwrap.dedent(r'''
 
     import ilc_export.codec  # the package and its eager imports
     from ilc_export.codec import bitstream, entropy, intnet, tables
-    from ilc_export.codec.tables import CodecTables, model_id_of_file
+    from ilc_export.codec.tables import CodecTables
+    from ilc_export.contract.model_id import model_id_of_file
 
     def rows(pmfs):
         out = np.full((len(pmfs), max(map(len, pmfs)) + 1), 2**16, np.int32)

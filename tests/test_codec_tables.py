@@ -12,14 +12,9 @@ from ilc_reference.config import NUM_SCALES, tiny_config
 from ilc_reference.model import build_model
 
 from ilc_export.codec.errors import TablesError
-from ilc_export.codec.tables import (
-    EXACT_FLOAT64,
-    TABLE_PREFIX,
-    CodecTables,
-    compute_model_id,
-    model_id_of_file,
-)
-from ilc_export.codec.tables_build import build_tables, finalize_checkpoint, quantize_pmf
+from ilc_export.codec.tables import EXACT_FLOAT64, CodecTables
+from ilc_export.contract.model_id import TABLE_PREFIX, compute_model_id, model_id_of_file
+from ilc_export.export.tables_build import build_tables, finalize_checkpoint, quantize_pmf
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,11 @@ torch = pytest.importorskip("torch")
 from ilc_reference.config import PAD_MULTIPLE
 from test_onnx_fixtures import tiny_checkpoint, tiny_export
 
-from ilc_export.backends.base import GRAPHS
+from ilc_export.contract.graphs import GRAPHS
 from ilc_export.export import fp16 as fp16_mod
-from ilc_export.export.manifest import model_id_of_file, read_manifest, sha256_file
+from ilc_export.contract.files import sha256_file
+from ilc_export.contract.manifest import read_manifest
+from ilc_export.contract.model_id import model_id_of_file
 from ilc_export.export.onnx_export import ExportError, export_onnx
 
 

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from test_onnx_fixtures import tiny_export
 
 from ilc_export.backends import BackendError, load_backend
-from ilc_export.backends.ort_backend import load as load_ort
+from ilc_export.backends.onnxrt.loader import load as load_ort
 
 
 @pytest.fixture(scope="module")

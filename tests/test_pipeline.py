@@ -46,7 +46,7 @@ def test_seeded_z_is_reproducible_and_recorded(codec, sample_image):
 def test_wrong_model_is_refused(codec, tiny_ckpt, tmp_path, sample_image):
     import torch
 
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_reference.checkpoint import load_model, save_checkpoint
 
     m = load_model(tiny_ckpt)
@@ -144,7 +144,7 @@ def test_expand_inputs_globs(tmp_path):
 
 def test_onnxruntime_path_does_not_import_torch():
     code = (
-        "import sys; import ilc_export.pipeline.api, ilc_export.backends.ort_backend, ilc_export.codec.entropy, "
+        "import sys; import ilc_export.pipeline.api, ilc_export.backends.onnxrt.runner, ilc_export.codec.entropy, "
         "ilc_export.cli.run_cli; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -23,10 +23,8 @@ from conftest import ROOT
 
 #: The runtime: what `ilc-run` with the onnxruntime/tensorrt backend imports (no torch).
 RUNTIME_PATHS = [
-    "ilc_export/codec", "ilc_export/backends", "ilc_export/pipeline",
-    "ilc_export/cli/run_cli.py", "ilc_export/cli/common.py", "ilc_export/cli/__init__.py",
-    "reference/ilc_reference/__init__.py", "reference/ilc_reference/config.py",
-    "reference/ilc_reference/zsample.py",
+    "ilc_export/contract", "ilc_export/codec", "ilc_export/backends", "ilc_export/pipeline", "ilc_export/scale",
+    "ilc_export/cli/run_cli.py", "ilc_export/cli/common.py", "ilc_export/cli/scale.py", "ilc_export/cli/__init__.py",
 ]
 JETSON_ENV = {"platform_machine": "aarch64", "sys_platform": "linux", "platform_system": "Linux",
               "python_version": "3.10", "python_full_version": "3.10.12", "implementation_name": "cpython",

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ilc_export.cli.run_cli import app
+from ilc_export.backends import MAX_SHAPE
 from ilc_export.codec.bitstream import Header, unpack
 from ilc_export.pipeline import tiling
 from ilc_reference.zsample import surrogate_z
@@ -97,12 +98,17 @@ def test_seeded_z_per_tile(codec, image):
 
 
 def test_backend_max_shape_caps_tiles(codec, image):
-    class Prof:
-        def profile(self, graph):
-            return {"min": (1, 64, 64), "opt": (1, 256, 256), "max": (1, 200, 130)}
+    class Limited:
+        capabilities = frozenset({MAX_SHAPE})
 
-    assert tiling.backend_max_shape(Prof()) == (192, 128)
-    assert tiling.backend_max_shape(object()) is None
+        def max_image_size(self):
+            return (200, 130)
+
+    class Unlimited:
+        capabilities = frozenset()
+
+    assert tiling.backend_max_shape(Limited()) == (192, 128)
+    assert tiling.backend_max_shape(Unlimited()) is None
     old = codec.max_shape
     codec.max_shape = (192, 128)
     try:

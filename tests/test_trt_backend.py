@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from ilc_export.backends import BackendError, load_backend
-from ilc_export.backends.trt_backend import check_engine_compat, check_profile, read_engine_manifest
-from ilc_export.export import cuda_probe
+from ilc_export.backends.tensorrt.loader import check_engine_compat, read_engine_manifest
+from ilc_export.backends.tensorrt.runner import check_profile
+from ilc_export.backends.tensorrt import cuda_probe
 
 MAN = {"format": "ilc-trt-engines", "format_version": 1, "flavour": "tensorrt_rtx", "trt_version": "1.7.1.116",
        "compute_capabilities": ["SM86", "SM89"], "profile": {"min": [1, 64, 64], "opt": [1, 1088, 1920],
@@ -154,7 +155,7 @@ def test_engines_match_onnxruntime(tmp_path, fp16):
     from trt_testutil import export_tiny
 
     from ilc_export.export.trt_build import build_engines
-    from ilc_export.export.trt_flavours import detect
+    from ilc_export.backends.tensorrt.flavour import detect
 
     cc = cuda_probe.compute_capability(0)
     exp = export_tiny(tmp_path)

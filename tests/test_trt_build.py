@@ -21,7 +21,8 @@ onnx = pytest.importorskip("onnx")
 from trt_testutil import export_tiny, tampered_export, to_fp16
 
 from ilc_export.export import trt_build as tb
-from ilc_export.export.trt_flavours import Flavour, detect, normalise_cc
+from ilc_export.backends.tensorrt.flavour import normalise_cc
+from ilc_export.export.trt_flavours import BuildFlavour, detect
 
 # a small profile keeps CPU-only builds quick; the shapes scale the same way as the defaults
 SMALL = {"min_shape": "64x64", "opt_shape": "128x128", "max_shape": "2x256x256"}
@@ -34,7 +35,7 @@ def export_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rtx() -> Flavour:
+def rtx() -> BuildFlavour:
     return detect("tensorrt_rtx")
 
 

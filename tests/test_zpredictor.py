@@ -48,7 +48,7 @@ def test_shipped_checkpoints_keep_config_bytes_and_model_id(ckpt, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from ilc_export.codec.tables import model_id_of_file
+    from ilc_export.contract.model_id import model_id_of_file
 
     with safe_open(str(ckpt), framework="np") as f:
         meta = f.metadata()["config"]
@@ -65,7 +65,7 @@ def test_shipped_checkpoints_keep_config_bytes_and_model_id(ckpt, tmp_path):
 
 
 def test_model_id_depends_on_g(tmp_path):
-    from ilc_export.codec.tables import compute_model_id
+    from ilc_export.contract.model_id import compute_model_id
 
     t = {"a": np.zeros(3, np.float32)}
     base = tiny_config()
@@ -171,7 +171,7 @@ def test_checkpoint_roundtrip_with_g(tmp_path):
 
 
 def _export(model, tmp_path, name):
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_export.export.onnx_export import export_onnx
 
     path = save_checkpoint(model, tmp_path / name)
@@ -222,14 +222,14 @@ def test_onnx_inverse_graph_computes_g_forward_graph_unchanged(tmp_path):
 
 
 def test_torch_backend_and_codec_decode_with_g(tmp_path):
-    from ilc_export.backends.torch_backend import TorchRunner
-    from ilc_export.codec.tables_build import finalize_checkpoint
+    from ilc_export.backends import load_backend
+    from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_export.pipeline.api import open_codec
 
     gm = _g_model()
     path = save_checkpoint(gm, tmp_path / "with-g")
     finalize_checkpoint(path)
-    run = TorchRunner(path)
+    run = load_backend("torch", path)
     y = torch.randn(1, gm.cfg.latent_channels, 4, 4)
     z = torch.zeros(1, gm.cfg.z_channels, 4, 4)
     out = run.run("inverse", {"y_hat": y.numpy(), "z": z.numpy()})["image"]

@@ -1,36 +1,16 @@
-"""Backend registry. New backends register a loader here; callers never change."""
-from __future__ import annotations
+"""Backends as plug-ins: each a loader and a runner, declared to the registry by a BackendSpec.
 
-import importlib
-from pathlib import Path
+``load_backend(name, source, **options)`` gives a :class:`Runner`; ``registry.get(name)``
+says what a backend loads and can do without importing it.
 
-from .base import DEVICE_PIXELS, FUSED_TILES, GRAPHS, BackendError, Runner
+May import: numpy, ``ilc_export.contract`` and ``ilc_export.codec``; a backend's runtime
+(onnxruntime, TensorRT, cuda-python, torch) only inside its own loader and runner, when a
+model is loaded. The torch backend alone also imports the reference model (``ilc_reference``),
+which it runs. Never the pipeline or the tooling (export, verify, cli).
+"""
+from . import registry
+from .base import DEVICE_PIXELS, FUSED_TILES, MAX_SHAPE, BackendError, BackendSpec, Runner
+from .registry import load_backend
 
-# name -> "module:function"; modules are imported only when asked for, so the
-# onnxruntime backend never imports torch and vice versa.
-_LOADERS = {
-    "torch": "ilc_export.backends.torch_backend:load",
-    "onnxruntime": "ilc_export.backends.ort_backend:load",
-    "tensorrt": "ilc_export.backends.trt_backend:load",
-}
-ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
-
-
-def available_backends() -> list[str]:
-    return list(_LOADERS)
-
-
-def load_backend(name: str, source: str | Path, **options) -> Runner:
-    """Load `source` (checkpoint, ONNX export folder or engine folder) with backend `name`."""
-    name = ALIASES.get(name, name)
-    if name not in _LOADERS:
-        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(_LOADERS)}")
-    mod, fn = _LOADERS[name].split(":")
-    try:
-        module = importlib.import_module(mod)
-    except ImportError as e:
-        raise BackendError(f"backend {name!r} is not available: {e}") from e
-    return getattr(module, fn)(Path(source), **options)
-
-
-__all__ = ["DEVICE_PIXELS", "FUSED_TILES", "GRAPHS", "BackendError", "Runner", "load_backend", "available_backends"]
+__all__ = ["DEVICE_PIXELS", "FUSED_TILES", "MAX_SHAPE", "BackendError", "BackendSpec", "Runner", "load_backend",
+           "registry"]

@@ -1,17 +1,13 @@
 """One interface for every backend (torch, ONNX Runtime, TensorRT), Polygraphy-style.
 
 A backend is a *loader* (``load(source, **options) -> Runner``) plus a *runner* that
-executes the model's named graphs on numpy arrays. Runners know nothing about files
-of images or bitstreams; the pipeline knows nothing about which runner it drives.
+executes the model's named graphs (:mod:`ilc_export.contract.graphs`) on numpy arrays, and
+a :class:`BackendSpec` that declares, without importing either, what it loads and what it
+can do. Runners know nothing about files of images or bitstreams; the pipeline knows
+nothing about which runner it drives. H and W must be multiples of
+``ilc_export.contract.geometry.PAD_MULTIPLE``.
 
-Graphs (names, inputs, outputs; all float32, NCHW; h = H/16, w = W/16):
-  forward:    image (B,3,H,W) in [0,1]  -> y (B,M,h,w), z (B,Z,h,w), w (B,Nh,h/4,w/4)
-  hyper_mean: w_hat (B,Nh,h/4,w/4)      -> mu (B,M,h,w)
-  inverse:    y_hat (B,M,h,w), z (B,Z,h,w) -> image (B,3,H,W) (not clipped)
-H and W must be multiples of ilc_reference.config.PAD_MULTIPLE.
-The scale branch is not a graph: the codec core runs it as an exact integer network.
-
-Capabilities (``Runner.capabilities``, declared by each runner, Polygraphy-style): callers
+Capabilities (``Runner.capabilities``, declared by each runner and by its spec): callers
 check these, never the backend's name.
   FUSED_TILES: ``encode_tile`` / ``decode_tile`` code one tile in one call with the
     intermediates (y, z, mu, y_hat) kept where the runner computes them (a GPU), so only the
@@ -22,25 +18,30 @@ check these, never the backend's name.
     decode_tile returns uint8 pixels (H,W,3): the conversions to and from the model's float
     range run on the device too, with exactly the rule of ``pipeline.image_io`` (to_nchw,
     from_nchw, and NaN -> 0, +-inf -> 1 / 0), so only a quarter of the bytes cross.
+  MAX_SHAPE: the runner takes images up to ``max_image_size()`` (height, width) only (a
+    TensorRT engine's optimisation profile); the pipeline tiles larger images to fit.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "forward": (("image",), ("y", "z", "w")),
-    "hyper_mean": (("w_hat",), ("mu",)),
-    "inverse": (("y_hat", "z"), ("image",)),
-}
-
+from ..contract.graphs import GRAPHS
 
 #: capability name: the runner implements encode_tile / decode_tile
 FUSED_TILES = "fused_tiles"
 #: capability name: encode_tile / decode_tile take and return uint8 pixels
 DEVICE_PIXELS = "device_pixels"
+#: capability name: the runner takes images up to max_image_size() only
+MAX_SHAPE = "max_shape"
+
+#: what a backend loads (the kinds of model source; see ilc_export.pipeline.models.source_kind)
+CHECKPOINT, ONNX_EXPORT, ENGINES = "checkpoint", "onnx", "engines"
 
 
 class BackendError(RuntimeError):
@@ -60,7 +61,7 @@ class Runner(ABC):
     def __init__(self, source: Path, model_id: str, config):
         self.source = Path(source)
         self.model_id = model_id  # hex string, identifies weights + codec tables
-        self.config = config  # ilc_reference.config.ModelConfig
+        self.config = config  # ilc_export.contract.config.ModelConfig
 
     @abstractmethod
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -77,6 +78,10 @@ class Runner(ABC):
         (DEVICE_PIXELS: (H,W,3) uint8).
         z: the surrogate z (1,Z,h,w) float32, or its shape tuple for z = 0 (made on the device)."""
         raise NotImplementedError(f"{self.name} runner does not declare {FUSED_TILES}")
+
+    def max_image_size(self) -> tuple[int, int]:
+        """MAX_SHAPE: the largest padded (height, width) this runner takes."""
+        raise NotImplementedError(f"{self.name} runner does not declare {MAX_SHAPE}")
 
     def tables_path(self) -> Path:
         """The safetensors file holding the codec tables for this model."""
@@ -98,3 +103,50 @@ class Runner(ABC):
         want = set(GRAPHS[graph][0])
         if set(feeds) != want:
             raise BackendError(f"graph {graph!r} takes inputs {sorted(want)}, got {sorted(feeds)}")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend as the registry knows it, declared without importing its loader or runner
+    (so asking what a backend can do never imports torch, onnxruntime or TensorRT)."""
+
+    name: str
+    #: "module:function" of the loader: ``load(source: Path, **options) -> Runner``
+    loader: str
+    #: what it loads: CHECKPOINT, ONNX_EXPORT or ENGINES
+    source: str
+    #: that source in words, for messages ("an ONNX export folder")
+    source_noun: str
+    #: the command that makes the source from a checkpoint ("" for a checkpoint itself)
+    make: str = ""
+    aliases: tuple[str, ...] = ()
+    #: what its runners declare (FUSED_TILES, DEVICE_PIXELS, MAX_SHAPE)
+    capabilities: frozenset[str] = frozenset()
+    #: precisions it runs
+    precisions: tuple[str, ...] = ("fp32",)
+    #: top-level modules that must be importable for it to load anything, and their name in words
+    requires: tuple[str, ...] = ()
+    requires_name: str = ""
+    #: how to install them
+    install: str = ""
+    #: it runs on a GPU unless told otherwise (a cluster reserves one for it)
+    gpu_by_default: bool = False
+
+    def available(self) -> bool:
+        """Are the modules it requires importable here? (Looked up, not imported.)"""
+        for mod in self.requires:
+            try:
+                if importlib.util.find_spec(mod) is None:
+                    return False
+            except (ImportError, ValueError):
+                return False
+        return True
+
+    def load(self, source: str | Path, **options) -> Runner:
+        """Import the loader (only now) and load `source` with it."""
+        mod, fn = self.loader.split(":")
+        try:
+            module = importlib.import_module(mod)
+        except ImportError as e:
+            raise BackendError(f"backend {self.name!r} is not available: {e}") from e
+        return getattr(module, fn)(Path(source), **options)

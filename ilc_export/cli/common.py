@@ -22,8 +22,8 @@ OTHER_USER_ERRORS = (
     ("ilc_export.pipeline.models", "ModelError"),
     ("ilc_export.pipeline.models", "UsageError"),
     ("ilc_export.backends.base", "BackendError"),
-    ("ilc_export.export.manifest", "ManifestError"),
-    ("ilc_export.export.trt_flavours", "FlavourError"),
+    ("ilc_export.contract.manifest", "ManifestError"),
+    ("ilc_export.backends.tensorrt.flavour", "FlavourError"),
     ("ilc_export.export.onnx_export", "ExportError"),
 )
 

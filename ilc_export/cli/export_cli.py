@@ -96,7 +96,7 @@ def tables_cmd(
 
     A checkpoint that has tables keeps them unless --calib is given; rebuilt tables equal to the
     stored ones leave the file untouched (same model id)."""
-    from ..codec.tables import model_id_of_file
+    from ..contract.model_id import model_id_of_file
     from ..pipeline.models import ModelError, UsageError, is_shipped
 
     if not ckpt.is_file():
@@ -105,7 +105,7 @@ def tables_cmd(
         raise UsageError(f"{ckpt} is a shipped checkpoint; its tables define the model id that existing files "
                          "carry. Copy it elsewhere first, or pass --force")
     need_torch("ilc-export tables")
-    from ..codec.tables_build import CALIBRATION_KEY, finalize_checkpoint, stored_tables
+    from ..export.tables_build import CALIBRATION_KEY, finalize_checkpoint, stored_tables
 
     try:
         had = bool(stored_tables(ckpt))

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ilc_reference.config import PAD_MULTIPLE
-
+from ..contract.geometry import PAD_MULTIPLE
 from .errors import BitstreamError
 
 MAGIC = b"ILC\x00"
@@ -194,36 +191,3 @@ def read_file(path: str | Path) -> tuple[Header, list[bytes]]:
         return unpack(data)
     except BitstreamError as e:
         raise BitstreamError(f"{path}: {e}") from None
-
-
-def file_mode_for(path: Path) -> int:
-    """The mode a write to `path` should leave: the existing file's (a rewrite keeps it), or what
-    a plain open() would give a new file (0o666 less the umask), not mkstemp's 0o600."""
-    try:
-        return path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write bytes so that `path` holds either the old content or all of the new one."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    mode = file_mode_for(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(directory))
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path

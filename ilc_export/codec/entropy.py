@@ -33,8 +33,8 @@ A decoder that reads anything inconsistent raises BitstreamError (never crashes)
 from __future__ import annotations
 
 import numpy as np
-from ilc_reference.config import HYPER_DOWNSAMPLE
 
+from ..contract.geometry import HYPER_DOWNSAMPLE
 from . import intnet
 from .intnet import _work
 from .errors import BitstreamError

@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..contract.graphs import FP32_GRAPHS  # never converted: the fp32 file serves both precisions
 from ..errors import IlcError
 
 FLOAT = TensorProto.FLOAT
@@ -55,8 +56,6 @@ FP32_OPS = {
 }
 #: elementwise ops allowed in the scale chain between Sigmoid and Exp.
 _CHAIN_OPS = {"Mul", "Sub", "Add", "Neg"}
-#: graph names that are never converted (the fp32 file serves both precisions).
-FP32_GRAPHS = {"hyper_mean"}
 #: node-name scopes kept in fp32 (the TorchScript exporter names nodes /<module path>/<Op>).
 FP32_SCOPES = ("/h_a/",)
 

@@ -25,21 +25,17 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from ..backends.base import GRAPHS
+from ..contract.files import sha256_file
+from ..contract.geometry import HYPER_DOWNSAMPLE, HYPER_STRIDE, LATENT_STRIDE, LEVELS, PAD_MULTIPLE
+from ..contract.graphs import FP32_GRAPHS, GRAPHS
+from ..contract.manifest import (FORMAT_VERSIONS, ONNX_FORMAT, TABLES_NAME, file_record, graph_file, read_manifest,
+                                 write_manifest)
+from ..contract.model_id import TABLE_PREFIX, model_id_of_file
+from ..contract.safetensors import write_safetensors
 from . import fp16 as fp16_mod
-from .manifest import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    TABLES_NAME,
-    model_id_of_file,
-    sha256_file,
-    write_safetensors,
-)
 
 MIN_OPSET = 17
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TABLE_PREFIX = "tables."
 
 #: symbolic dimension names used in every graph and in the manifest
 DIMS = {
@@ -147,12 +143,12 @@ def _example_inputs(cfg, graph: str, size: int = 128):
     import torch
 
     g = torch.Generator().manual_seed(0)
-    lat = size // 16
+    lat = size // LATENT_STRIDE
     z_ch = cfg.z_channels if cfg.kind == "ilc" else 0
     if graph == "forward":
         return (torch.rand(1, 3, size, size, generator=g),)
     if graph == "hyper_mean":
-        return (torch.randn(1, cfg.hyper_channels, size // 64, size // 64, generator=g),)
+        return (torch.randn(1, cfg.hyper_channels, size // HYPER_STRIDE, size // HYPER_STRIDE, generator=g),)
     return (torch.randn(1, cfg.latent_channels, lat, lat, generator=g), torch.randn(1, z_ch, lat, lat, generator=g))
 
 
@@ -288,7 +284,6 @@ def export_onnx(
     import onnx
     import torch
     from ilc_reference.checkpoint import load_model
-    from ilc_reference.config import HYPER_DOWNSAMPLE, LEVELS, PAD_MULTIPLE
 
     say = progress or (lambda msg: None)
     ckpt = Path(ckpt)
@@ -325,7 +320,7 @@ def export_onnx(
         if fp16:
             precisions["fp16"] = {}
             for graph, m in fp32_models.items():
-                if graph in fp16_mod.FP32_GRAPHS:
+                if graph in FP32_GRAPHS:
                     precisions["fp16"][graph] = f"{graph}.onnx"
                     fp32_islands[graph] = ["*"]
                     continue
@@ -342,13 +337,10 @@ def export_onnx(
                 fp32_islands[graph] = keep
         say("writing tables and manifest")
         table_keys = _write_tables(ckpt, tmp / TABLES_NAME, cfg, model_id)
-        files = {
-            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(tmp.iterdir())
-        }
+        files = {p.name: file_record(p) for p in sorted(tmp.iterdir())}
         manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format": ONNX_FORMAT,
+            "format_version": FORMAT_VERSIONS[ONNX_FORMAT],
             "model_id": model_id,
             "model_name": cfg.name,
             "kind": cfg.kind,
@@ -376,7 +368,7 @@ def export_onnx(
             },
             "files": files,
         }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_manifest(tmp, manifest)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
@@ -410,8 +402,6 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
 def load_onnx_models(folder: Path, precision: str = "fp32") -> dict[str, object]:
     """The folder's graphs as onnx.ModelProto (for tools and tests)."""
     import onnx
-
-    from .manifest import graph_file, read_manifest
 
     man = read_manifest(folder)
     return {g: onnx.load(str(Path(folder) / graph_file(man, g, precision))) for g in GRAPHS}

@@ -21,7 +21,6 @@ Full TensorRT always builds for the GPU it runs on.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -34,14 +33,19 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..backends.tensorrt import cuda_probe
+from ..backends.tensorrt.flavour import FlavourError, normalise_cc
+from ..contract.files import sha256_file, write_atomic
+from ..contract.geometry import PAD_MULTIPLE
+from ..contract.graphs import FP32_GRAPHS, GRAPH_NAMES, TENSOR_STRIDE
+from ..contract.manifest import ENGINE_FORMAT as FORMAT
+from ..contract.manifest import (FORMAT_VERSIONS, ONNX_FORMAT, ManifestError, manifest_format, read_manifest,
+                                 write_manifest)
+from ..contract.manifest import MANIFEST_NAME as MANIFEST
 from ..errors import IlcError
-from . import cuda_probe
-from .trt_flavours import FP32_GRAPHS, Flavour, FlavourError, detect, normalise_cc
+from .trt_flavours import BuildFlavour, detect
 
-GRAPH_NAMES = ("forward", "hyper_mean", "inverse")
-MANIFEST = "manifest.json"
-FORMAT = "ilc-trt-engines"
-FORMAT_VERSION = 1
+FORMAT_VERSION = FORMAT_VERSIONS[FORMAT]
 
 #: image-space (batch, height, width) of the default optimisation profile
 DEFAULT_MIN_SHAPE = (1, 64, 64)
@@ -64,18 +68,8 @@ class PrecisionCheckError(BuildError):
 
 
 # --------------------------------------------------------------------------- shapes
-def _model_scales() -> dict[str, int]:
-    """Input name -> spatial divisor relative to the (padded) image."""
-    from ilc_reference.config import HYPER_DOWNSAMPLE, LEVELS  # torch-free module
-
-    s = 2**LEVELS
-    return {"image": 1, "y": s, "y_hat": s, "z": s, "w": s * HYPER_DOWNSAMPLE, "w_hat": s * HYPER_DOWNSAMPLE}
-
-
 def parse_shape(shape: str | Iterable[int]) -> tuple[int, int, int]:
     """'1088x1920', '2x1088x1920' or (B, H, W) / (H, W) -> (B, H, W); H, W multiples of 64."""
-    from ilc_reference.config import PAD_MULTIPLE
-
     if isinstance(shape, str):
         parts = [p for p in re.split(r"[x,\s]+", shape.strip().lower()) if p]
         try:
@@ -103,7 +97,7 @@ def format_shape(bhw) -> str:
 
 def input_shape(name: str, channels: int, bhw: tuple[int, int, int]) -> tuple[int, int, int, int]:
     """(B, C, h, w) of graph input `name` for an image batch of shape (B, H, W)."""
-    scales = _model_scales()
+    scales = TENSOR_STRIDE
     if name not in scales:
         raise BuildError(f"graph input {name!r} has no known size relation to the image ({', '.join(scales)})")
     b, h, w = bhw
@@ -112,32 +106,22 @@ def input_shape(name: str, channels: int, bhw: tuple[int, int, int]) -> tuple[in
 
 
 # --------------------------------------------------------------------------- files
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def atomic_write(path: Path, data: bytes | memoryview) -> None:
-    from ..codec.bitstream import write_atomic
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, bytes(data))
 
 
 def load_onnx_manifest(onnx_dir: Path) -> dict:
-    p = Path(onnx_dir) / MANIFEST
-    if not p.exists():
+    """The export's manifest; {} for a folder of .onnx files without one."""
+    onnx_dir = Path(onnx_dir)
+    if not (onnx_dir / MANIFEST).exists():
         return {}
-    try:
-        m = json.loads(p.read_text())
-    except ValueError as e:
-        raise BuildError(f"{p}: not valid JSON ({e})") from e
-    if m.get("format") == FORMAT:
+    if manifest_format(onnx_dir) == FORMAT:
         raise BuildError(f"{onnx_dir} holds TensorRT engines, not ONNX graphs")
-    return m
+    try:
+        return read_manifest(onnx_dir, ONNX_FORMAT)
+    except ManifestError as e:
+        raise BuildError(str(e)) from e
 
 
 def find_onnx(onnx_dir: Path, graph: str, fp16: bool, manifest: dict | None = None) -> Path:
@@ -210,7 +194,7 @@ def _make_monitor(trt, emit: Callable[[dict], None], graph: str, cancel: threadi
     return _Monitor()
 
 
-def parse_onnx(flavour: Flavour, builder, logger, path: Path, strongly_typed: bool):
+def parse_onnx(flavour: BuildFlavour, builder, logger, path: Path, strongly_typed: bool):
     """Parse an ONNX file into a new network; OnnxParseError names the file and failing nodes."""
     trt = flavour.trt
     path = Path(path)
@@ -239,7 +223,7 @@ def parse_onnx(flavour: Flavour, builder, logger, path: Path, strongly_typed: bo
     raise OnnxParseError(f"TensorRT's ONNX parser rejected {path}:\n" + "\n".join(lines) + hint)
 
 
-def _float_outputs(flavour: Flavour, layer) -> list:
+def _float_outputs(flavour: BuildFlavour, layer) -> list:
     trt = flavour.trt
     floats = {trt.float32, trt.float16, getattr(trt, "bfloat16", trt.float32)}
     return [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in floats]
@@ -264,7 +248,7 @@ def declared_fp32(onnx_manifest: dict, graph: str) -> list[str]:
     return list((fp16.get("fp32_islands") or {}).get(graph, []))
 
 
-def sensitive_layers(flavour: Flavour, network, graph: str, declared: Iterable[str] = ()) -> tuple[set[int], set[int]]:
+def sensitive_layers(flavour: BuildFlavour, network, graph: str, declared: Iterable[str] = ()) -> tuple[set[int], set[int]]:
     """(must_fp32, island): layer indices that must run fp32, and the wider set TensorRT 10 pins.
 
     must_fp32: every float layer of the FP32_GRAPHS (or of a graph declared '*'); elsewhere each
@@ -303,7 +287,7 @@ def sensitive_layers(flavour: Flavour, network, graph: str, declared: Iterable[s
     return must, island
 
 
-def apply_fp32_constraints(flavour: Flavour, network, layers: set[int]) -> int:
+def apply_fp32_constraints(flavour: BuildFlavour, network, layers: set[int]) -> int:
     """TensorRT 10: pin these layers (and their float outputs) to fp32. Returns how many."""
     trt = flavour.trt
     for i in layers:
@@ -316,7 +300,7 @@ def apply_fp32_constraints(flavour: Flavour, network, layers: set[int]) -> int:
     return len(layers)
 
 
-def layer_precision_report(flavour: Flavour, network, graph: str, fp16: bool, typing: str,
+def layer_precision_report(flavour: BuildFlavour, network, graph: str, fp16: bool, typing: str,
                            declared: Iterable[str] = ()) -> dict:
     """Each layer's (planned) precision from the parsed network, and the fp32 check.
 
@@ -364,7 +348,7 @@ def layer_precision_report(flavour: Flavour, network, graph: str, fp16: bool, ty
     }
 
 
-def inspect_engine(flavour: Flavour, engine_bytes, targets: list[str], graph: str, device: int = 0) -> dict:
+def inspect_engine(flavour: BuildFlavour, engine_bytes, targets: list[str], graph: str, device: int = 0) -> dict:
     """The engine inspector's view of layer precisions, where this machine can deserialise it."""
     cc = cuda_probe.compute_capability(device)
     if cc is None:
@@ -477,7 +461,7 @@ def with_fp16_graphs(onnx_dir: Path, manifest: dict, tmp: Path) -> Path:
         shutil.copyfile(onnx_dir / name, tmp / name)
     fp16_files, islands = {}, {}
     for g, fname in (manifest["precisions"].get("fp32") or {}).items():
-        if g in fp16_mod.FP32_GRAPHS:
+        if g in FP32_GRAPHS:
             fp16_files[g], islands[g] = fname, ["*"]
             continue
         model = onnx.load(str(onnx_dir / fname))
@@ -496,7 +480,7 @@ def with_fp16_graphs(onnx_dir: Path, manifest: dict, tmp: Path) -> Path:
     m = {**manifest, "precisions": {**manifest["precisions"], "fp16": fp16_files}, "files": files,
          "fp16": {"fp32_islands": islands, "policy": "converted from the fp32 export by ilc-export trt "
                   "(the exporter's fp32-island policy)"}}
-    (tmp / MANIFEST).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    write_manifest(tmp, m)
     return tmp
 
 
@@ -513,7 +497,7 @@ def _build_engines(
     progress: Callable[[dict], None] | bool | None = None,
     *,
     graphs: Iterable[str] = GRAPH_NAMES,
-    flavour: Flavour | str | None = None,
+    flavour: BuildFlavour | str | None = None,
     keep_fp32: bool = True,
     check: str = "error",
     record_dir: Path | None = None,
@@ -534,7 +518,7 @@ def _build_engines(
     if check not in ("error", "warn", "off"):
         raise BuildError(f"check must be 'error', 'warn' or 'off', not {check!r}")
     try:
-        fl = flavour if isinstance(flavour, Flavour) else detect(flavour)
+        fl = flavour if isinstance(flavour, BuildFlavour) else detect(flavour)
     except FlavourError as e:
         raise BuildError(str(e)) from e
     trt = fl.trt
@@ -752,7 +736,7 @@ def _build_engines(
             "total_s": round(time.perf_counter() - t_all, 3),
         },
     }
-    atomic_write(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_manifest(out_dir, manifest, sort_keys=False)
     return out_dir / MANIFEST
 
 
@@ -785,7 +769,7 @@ def build_from_checkpoint(ckpt: str | Path, out_dir: str | Path, fp16: bool = Fa
     """Export `ckpt` to ONNX (into onnx_dir or out_dir/onnx), then build its engines. An
     existing export of the same model (same model id) in onnx_dir is reused; one of another
     model is replaced only with `force`."""
-    from ..codec.tables import model_id_of_file
+    from ..contract.model_id import model_id_of_file
 
     out_dir = Path(out_dir)
     onnx_dir = Path(onnx_dir) if onnx_dir else out_dir / "onnx"

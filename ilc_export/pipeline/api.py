@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..backends import load_backend
-from ..codec.bitstream import file_mode_for, unpack
+from ..codec.bitstream import unpack
+from ..contract.files import file_mode_for
 from ..codec.errors import BitstreamError
 from ..errors import IlcError
 from .codec import ImageCodec, Stats

@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ilc_reference.config import padded_size
-
 from ..backends.base import DEVICE_PIXELS, FUSED_TILES, Runner
 from ..codec.bitstream import Header, check_model, pack, unpack
 from ..codec.entropy import EntropyCodec
 from ..codec.errors import BitstreamError
 from ..codec.tables import CodecTables
+from ..contract.geometry import padded_size
 from . import tiling
 from .image_io import from_nchw, model_input
 

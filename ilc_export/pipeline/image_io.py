@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..contract.geometry import PAD_MULTIPLE
 from ..errors import IlcError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp", ".gif", ".tga"}
@@ -124,8 +125,6 @@ def to_nchw(arr: np.ndarray) -> np.ndarray:
 
 def model_input(img: np.ndarray) -> np.ndarray:
     """HxWx3 uint8 -> the 1x3xHpxWp float32 the transforms take (padded to PAD_MULTIPLE)."""
-    from ilc_reference.config import PAD_MULTIPLE
-
     return to_nchw(pad_to_multiple(img, PAD_MULTIPLE))
 
 

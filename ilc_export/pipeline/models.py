@@ -7,9 +7,11 @@ The rule every `ilc-run` command follows (docs/usage.md, "Finding models"):
 - ``--model`` is a checkpoint (.safetensors), an ONNX export folder, an engine folder, or the
   name of a shipped model (``ilc-q2``, ``baseline-q1``). Without it, ``-q Q`` names the shipped
   ``ilc-qQ`` (default 2); ``decompress`` takes the model id from each file instead.
-- The backend follows from ``--backend``, else from what ``--model`` is (checkpoint: torch,
-  export folder: onnxruntime, engine folder: tensorrt); a checkpoint on a machine without
-  PyTorch falls back to onnxruntime with an export of the same model.
+- The backend follows from ``--backend``, else from what ``--model`` is: the registered backend
+  that loads that kind of source (checkpoint: torch, export folder: onnxruntime, engine
+  folder: tensorrt). A checkpoint whose backend cannot run here (torch without PyTorch), or
+  with a precision asked, goes to the other backends, in the registry's order, with an export
+  of the same model.
 - An export or engine folder for a model given as a checkpoint, a name or a model id is found
   by its model id on the search path: the folders in ``$ILC_MODEL_PATH`` (``os.pathsep``
   separated), then ``./engines``, then the source checkout's ``engines/`` (searched recursively
@@ -24,20 +26,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import ilc_reference
+from ..backends import registry
+from ..backends.base import CHECKPOINT, ONNX_EXPORT, BackendSpec
+from ..contract.manifest import (ENGINE_FORMAT, MANIFEST_NAME, ONNX_FORMAT, PRECISIONS, manifest_format, peek_manifest,
+                                 read_manifest)
+from ..contract.model_id import TABLE_PREFIX, model_id_of_file
+from ..contract.safetensors import read_header
 
 DEFAULT_QUALITY = 2
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: environment variable: extra folders (or files) to search for models, os.pathsep separated
 MODEL_PATH_ENV = "ILC_MODEL_PATH"
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
-ONNX_FORMAT = "ilc-onnx-export"  # ilc_export.export.manifest.FORMAT
-ENGINE_FORMAT = "ilc-trt-engines"  # ilc_export.export.trt_build.FORMAT
-PRECISIONS = ("fp32", "fp16")
-#: what each backend loads
-SOURCE_KIND = {"torch": "checkpoint", "onnxruntime": "onnx", "tensorrt": "engines"}
-_KIND_BACKEND = {v: k for k, v in SOURCE_KIND.items()}
+#: the package whose data holds the shipped checkpoints (located, never imported: it trains)
+SHIPPED_PACKAGE = "ilc_reference"
 _EXPECTED = "a checkpoint (.safetensors), an ONNX export folder, an engine folder or a shipped model name"
 
 
@@ -53,8 +54,14 @@ class UsageError(ValueError):
     """Options that contradict each other or name nothing valid."""
 
 
+@lru_cache(maxsize=1)
 def checkpoint_dir() -> Path:
-    return Path(ilc_reference.__file__).parent / "checkpoints"
+    """Where the shipped checkpoints live: the reference package's data folder."""
+    spec = importlib.util.find_spec(SHIPPED_PACKAGE)
+    where = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not where:
+        return PROJECT_ROOT / "reference" / SHIPPED_PACKAGE / "checkpoints"
+    return Path(where[0]) / "checkpoints"
 
 
 def shipped_checkpoint(quality: int = DEFAULT_QUALITY, kind: str = "ilc") -> Path:
@@ -85,8 +92,6 @@ def is_shipped(path: str | Path) -> bool:
 
 @lru_cache(maxsize=64)
 def _id_of(path: str, mtime: float, size: int) -> str:
-    from ..codec.tables import model_id_of_file
-
     return model_id_of_file(Path(path))
 
 
@@ -94,10 +99,9 @@ def model_id(path: Path) -> str:
     """Model id of a checkpoint file, or of an export/engine folder (from its manifest)."""
     path = Path(path)
     if path.is_dir():
-        m = path / "manifest.json"
-        if not m.exists():
-            raise ModelNotFound(f"{path}: no manifest.json (not an ONNX export or engine folder)")
-        return json.loads(m.read_text())["model_id"]
+        if not (path / MANIFEST_NAME).exists():
+            raise ModelNotFound(f"{path}: no {MANIFEST_NAME} (not an ONNX export or engine folder)")
+        return read_manifest(path, None)["model_id"]
     st = path.stat()
     return _id_of(str(path), st.st_mtime, st.st_size)
 
@@ -135,44 +139,46 @@ def normalise_backend(backend: str | None) -> str | None:
     """None stays None (choose automatically); aliases map to names; anything else is an error."""
     if backend is None or backend == "auto":
         return None
-    name = ALIASES.get(backend.lower(), backend.lower())
-    if name not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
+    name = registry.canonical(backend)
+    if name is None:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(registry.names())} "
                          "(or leave --backend out to pick one)")
     return name
 
 
+def _checkpoint_backend() -> BackendSpec:
+    return registry.for_source(CHECKPOINT)
+
+
+def _export_backends() -> list[BackendSpec]:
+    """The backends that run a checkpoint's exports, in preference order."""
+    return [s for s in registry.specs().values() if s.source != CHECKPOINT]
+
+
+def _runs_checkpoint(precision: str | None) -> bool:
+    """Does automatic selection run a checkpoint itself? Only when its backend runs here and
+    no precision is asked (a precision selects an export's graphs)."""
+    return precision is None and _checkpoint_backend().available()
+
+
 # -- what a path is --------------------------------------------------------------------------
-def _manifest(folder: Path) -> dict | None:
-    """folder/manifest.json as a dict; None when it is missing or not a JSON object."""
-    try:
-        m = json.loads((folder / "manifest.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return m if isinstance(m, dict) else None
-
-
-def _manifest_format(folder: Path) -> str | None:
-    return (_manifest(folder) or {}).get("format")
-
-
 def source_kind(path: str | Path) -> str:
     """'checkpoint', 'onnx' or 'engines' for a model path; ModelError naming the path otherwise.
 
     A checkpoint is checked without torch: a safetensors header with the model config, codec
     tables, and every tensor inside the file (its model id is computed)."""
     path = Path(path)
-    if path.name == "manifest.json" and path.is_file():
+    if path.name == MANIFEST_NAME and path.is_file():
         path = path.parent
     if not path.exists():
         raise ModelError(f"{path}: no such file or folder (expected {_EXPECTED})")
     if path.is_dir():
-        fmt = _manifest_format(path)
+        fmt = manifest_format(path)
         if fmt == ONNX_FORMAT:
             return "onnx"
         if fmt == ENGINE_FORMAT:
             return "engines"
-        if not (path / "manifest.json").exists():
+        if not (path / MANIFEST_NAME).exists():
             raise ModelError(f"{path}: folder has no manifest.json (expected an ONNX export folder from "
                              "`ilc-export onnx` or an engine folder from `ilc-export trt`)")
         raise ModelError(f"{path}: manifest.json is not an ILC ONNX export or engine manifest")
@@ -183,8 +189,6 @@ def source_kind(path: str | Path) -> str:
 def check_checkpoint(path: Path) -> dict:
     """ModelError unless `path` is a safetensors ILC checkpoint with codec tables (torch-free);
     returns its safetensors metadata."""
-    from ..codec.tables import TABLE_PREFIX
-
     what = f"{path}: not an ILC checkpoint (expected a .safetensors file from ilc-train or `ilc-export tables`)"
     if not path.exists():
         raise ModelError(f"{path}: checkpoint not found")
@@ -192,14 +196,8 @@ def check_checkpoint(path: Path) -> dict:
         raise ModelError(f"{what}: a folder")
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 0 < n <= min(path.stat().st_size - 8, 100 * 2**20):
-                raise ModelError(f"{what}: not a safetensors file")
-            header = json.loads(f.read(n))
-    except (UnicodeDecodeError, ValueError) as e:
-        if isinstance(e, ModelError):
-            raise
+            header, _ = read_header(f, path, path.stat().st_size)
+    except ValueError:
         raise ModelError(f"{what}: not a safetensors file") from None
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -233,7 +231,7 @@ def _shipped_by_name(name: str) -> Path | None:
 def _manifest_precision_ok(folder: Path, kind: str, precision: str | None) -> bool:
     if precision is None:
         return True
-    m = _manifest(folder)
+    m = peek_manifest(folder)
     if m is None:
         return False
     if kind == "onnx":
@@ -250,14 +248,14 @@ def _candidates(kind: str, roots: list[Path], precision: str | None) -> list[Pat
         if root.is_file():
             if kind == "checkpoint" and root.suffix == ".safetensors":
                 out.append(root)
-            elif root.name == "manifest.json" and _manifest_format(root.parent) == want:
+            elif root.name == MANIFEST_NAME and manifest_format(root.parent) == want:
                 out.append(root.parent)
             continue
         if kind == "checkpoint":
             out += sorted(root.rglob("*.safetensors"))
         else:
-            out += [m.parent for m in sorted(root.rglob("manifest.json"))
-                    if _manifest_format(m.parent) == want and _manifest_precision_ok(m.parent, kind, precision)]
+            out += [m.parent for m in sorted(root.rglob(MANIFEST_NAME))
+                    if manifest_format(m.parent) == want and _manifest_precision_ok(m.parent, kind, precision)]
     return out
 
 
@@ -268,23 +266,25 @@ def find_model(model_id_hex: str, backend: str | None, search: list[Path] | None
     installed and a checkpoint is found, else onnxruntime, else tensorrt."""
     roots = search_roots(search)
     if backend is None:
-        order = (["torch"] if torch_available() and precision is None else []) + ["onnxruntime", "tensorrt"]
+        order = ([_checkpoint_backend()] if _runs_checkpoint(precision) else []) + _export_backends()
     else:
-        order = [backend]
-    for be in order:
-        kind = SOURCE_KIND[be]
-        for c in _candidates(kind, roots, precision if be != "torch" else None):
+        order = [registry.get(backend)]
+    for spec in order:
+        for c in _candidates(spec.source, roots, precision if spec.source != CHECKPOINT else None):
             try:
                 if model_id(c) == model_id_hex:
-                    return be, c
+                    return spec.name, c
             except (OSError, KeyError, ValueError, ModelNotFound):
                 continue
     where = ", ".join(str(r) for r in roots) or "no search folders exist"
     what = f"no {backend} model" if backend else "no model"
-    prec = f" with {precision} graphs" if precision and backend != "torch" else ""
+    prec = f" with {precision} graphs" if precision and (backend is None or registry.get(backend).source != CHECKPOINT) else ""
     hint = ""
-    if backend is None and not torch_available():
-        hint = " (PyTorch is not installed: an ONNX export of the model is needed; export one with `ilc-export onnx`)"
+    ck = _checkpoint_backend()
+    if backend is None and not ck.available():
+        export = registry.for_source(ONNX_EXPORT)
+        hint = (f" ({ck.requires_name} is not installed: an ONNX export of the model is needed; export one with "
+                f"`{export.make}`)")
     raise ModelNotFound(f"{what} with id {model_id_hex}{prec} found (searched shipped checkpoints and {where}; "
                         f"add folders with {MODEL_PATH_ENV}){hint}; pass --model")
 
@@ -314,37 +314,33 @@ def resolve(model: str | Path | None = None, quality: int | None = None, backend
         shipped = _shipped_by_name(str(model)) if not Path(model).exists() else None
         model, name = (shipped, str(model)) if shipped is not None else (Path(model), str(model))
     kind = source_kind(model)
-    if kind != "checkpoint":
-        be = _KIND_BACKEND[kind]
-        if backend is not None and backend != be:
-            what = "an ONNX export folder" if kind == "onnx" else "a TensorRT engine folder"
-            raise UsageError(f"{model} is {what}: it runs on --backend {be}, not {backend}")
-        return Resolved(be, Path(model), name)
-    if backend == "torch" or (backend is None and torch_available() and precision is None):
-        if not torch_available():
-            raise UsageError("the torch backend needs PyTorch, which is not installed: pip install "
-                             "'torch==2.13.0' (CPU build), or use --backend onnxruntime with an ONNX export")
-        return Resolved("torch", Path(model), name)
-    # a checkpoint for another backend: its export / engines, found by id
+    if kind != CHECKPOINT:
+        spec = registry.for_source(kind)
+        if backend is not None and backend != spec.name:
+            raise UsageError(f"{model} is {spec.source_noun}: it runs on --backend {spec.name}, not {backend}")
+        return Resolved(spec.name, Path(model), name)
+    ck = _checkpoint_backend()
+    exports = _export_backends()
+    if backend == ck.name or (backend is None and _runs_checkpoint(precision)):
+        if not ck.available():
+            raise UsageError(f"the {ck.name} backend needs {ck.requires_name}, which is not installed: {ck.install}, "
+                             f"or use --backend {exports[0].name} with an ONNX export")
+        return Resolved(ck.name, Path(model), name)
+    # a checkpoint for another backend: its export / engines, found by id, in preference order
     mid = model_id(model)
-    try:
-        be, src = find_model(mid, backend or "onnxruntime", search, precision)
-    except ModelNotFound:
-        if backend is None and precision is None:
-            try:
-                be, src = find_model(mid, "tensorrt", search, precision)
-                return Resolved(be, src, name)
-            except ModelNotFound:
-                pass
-        be = backend or "onnxruntime"
-        need = "ONNX export" if be == "onnxruntime" else "TensorRT engine folder"
-        how = "`ilc-export onnx --ckpt " + str(model) + (" --fp16`" if precision == "fp16" else "`") \
-            if be == "onnxruntime" else f"`ilc-export trt --ckpt {model}" + (" --fp16`" if precision == "fp16" else "`")
-        why = "PyTorch is not installed, so " if backend is None and not torch_available() else ""
-        prec = f" with {precision} graphs" if precision else ""
-        where = ", ".join(str(r) for r in search_roots(search)) or "./engines (missing)"
-        raise ModelNotFound(
-            f"{why}{name} needs an {need}{prec}, and none with its id ({mid}) was found in {where}: make one "
-            f"with {how}, put it under ./engines or on {MODEL_PATH_ENV}, or pass --model FOLDER"
-        ) from None
-    return Resolved(be, src, name)
+    tries = [registry.get(backend)] if backend is not None else exports if precision is None else exports[:1]
+    for spec in tries:
+        try:
+            be, src = find_model(mid, spec.name, search, precision)
+            return Resolved(be, src, name)
+        except ModelNotFound:
+            continue
+    spec = tries[0]
+    how = f"`{spec.make} --ckpt {model}" + (" --fp16`" if precision == "fp16" else "`")
+    why = f"{ck.requires_name} is not installed, so " if backend is None and not ck.available() else ""
+    prec = f" with {precision} graphs" if precision else ""
+    where = ", ".join(str(r) for r in search_roots(search)) or "./engines (missing)"
+    raise ModelNotFound(
+        f"{why}{name} needs {spec.source_noun}{prec}, and none with its id ({mid}) was found in {where}: make one "
+        f"with {how}, put it under ./engines or on {MODEL_PATH_ENV}, or pass --model FOLDER"
+    )

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ilc_reference.config import PAD_MULTIPLE, latent_shape
-
+from ..backends.base import MAX_SHAPE
 from ..codec.bitstream import Header
 from ..codec.errors import BitstreamError
+from ..contract.geometry import PAD_MULTIPLE, latent_shape
 
 #: Largest tile side the encoder uses unless told otherwise (pixels, multiple of PAD_MULTIPLE).
 DEFAULT_TILE = 1024
@@ -149,15 +149,14 @@ def check_streams(entropy, tiles: list[Tile], shapes: list[dict], streams: list[
 
 
 def backend_max_shape(runner) -> tuple[int | None, int | None] | None:
-    """Largest (height, width) the backend accepts, floored to PAD_MULTIPLE (TensorRT
-    engines: the optimisation profile's max), or None when it has no limit."""
-    prof = getattr(runner, "profile", None)
-    if not callable(prof):
+    """Largest (height, width) the runner accepts, floored to PAD_MULTIPLE (a runner that
+    declares MAX_SHAPE, e.g. TensorRT engines: the optimisation profile's max), or None when
+    it has no limit."""
+    if MAX_SHAPE not in runner.capabilities:
         return None
     try:
-        mx = prof("forward")["max"]
-        h, w = int(mx[-2]), int(mx[-1])
-    except Exception:  # noqa: BLE001 - no usable profile: no limit
+        h, w = runner.max_image_size()
+    except (KeyError, TypeError, ValueError):  # no usable profile: no limit
         return None
     h, w = h // PAD_MULTIPLE * PAD_MULTIPLE, w // PAD_MULTIPLE * PAD_MULTIPLE
     if h < PAD_MULTIPLE or w < PAD_MULTIPLE:

@@ -19,15 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.base import GRAPHS, BackendError
+from ..backends.base import BackendError
+from ..contract.files import sha256_file
+from ..contract.geometry import PAD_MULTIPLE
+from ..contract.graphs import GRAPHS
+from ..contract.manifest import ManifestError, read_manifest, verify_files
+from ..contract.model_id import model_id_of_file
 from ..errors import IlcError
-from ..export.manifest import (
-    ManifestError,
-    model_id_of_file,
-    read_manifest,
-    sha256_file,
-    verify_files,
-)
 
 PSNR_CAP = 100.0
 
@@ -174,15 +172,14 @@ def verify_export(
 
     `images`: paths or uint8 HxWx3 arrays (default: a synthetic 128x192 pattern). Precisions
     missing from the export are reported as skipped, not failed. ``report["pass"]`` is the verdict.
-    providers: onnxruntime execution providers (``ort_backend.parse_providers``); device: where
+    providers: onnxruntime execution providers (``backends.onnxrt.loader.parse_providers``); device: where
     the torch reference runs (cpu, cuda[:N]).
     """
     import torch
     from ilc_reference.checkpoint import load_model
-    from ilc_reference.config import PAD_MULTIPLE
 
-    from ..backends.ort_backend import load as load_ort
-    from ..backends.torch_backend import resolve_device
+    from ..backends.onnxrt.loader import load as load_ort
+    from ..backends.pytorch.loader import resolve_device
     from ..pipeline.image_io import pad_to_multiple, to_nchw
 
     say = progress or (lambda msg: None)

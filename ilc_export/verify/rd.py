@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..codec.bitstream import write_atomic
+from ..contract.files import write_atomic
 from ..pipeline.api import BITSTREAM_SUFFIX, expand_inputs, open_codec
 from ..pipeline.image_io import IMAGE_SUFFIXES, load_rgb
 from ..pipeline.metrics import ms_ssim, psnr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..codec.bitstream import write_atomic
+from ..contract.files import write_atomic
 from .rd import ResultCache, bd_psnr, bd_rate, evaluate_codec, load_results, pillow_curve, write_results_json
 
 DEFAULT_ANCHORS = Path(__file__).resolve().parents[3] / "shared" / "data" / "anchors" / "kodak"

@@ -1,7 +1,11 @@
-"""Reference Invertible Lossy Compression (ILC) model in PyTorch.
+"""Reference Invertible Lossy Compression (ILC) model in PyTorch, and its training.
 
 Imports are lazy so that torch-free modules (``config``, ``zsample``) can be used on a
 deployment box without PyTorch.
+
+May import: torch, numpy and ``ilc_export.contract`` (the model's shapes, config, table
+prefix), never another ``ilc_export`` package: the model reads the contract's facts, the
+runtime never imports this package.
 """
 from .config import PAD_MULTIPLE, ModelConfig, tiny_config
 

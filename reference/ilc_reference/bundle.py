@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ilc_export.contract.model_id import TABLE_PREFIX
+
 from .trainstate import INDEX, LEGACY, load_state, read_index, read_parts, save_state, state_files, write_parts
 
 MIB = 1 << 20
@@ -242,7 +244,7 @@ def _to_fp16(src: Path, dst: Path):
 
     with safe_open(str(src), framework="pt") as f:
         meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("tables.")}
+        t = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(TABLE_PREFIX)}
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in t.items()}, str(dst), metadata=meta)
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from ilc_export.contract.model_id import TABLE_PREFIX
+
 from .config import ModelConfig
 from .model import build_model
 
-TABLE_PREFIX = "tables."
+__all__ = ["TABLE_PREFIX", "checkpoint_dir", "load_model", "read_config", "save_checkpoint", "shipped_checkpoints"]
 
 
 def save_checkpoint(model, path: str | Path, extra_tensors: dict | None = None, info: dict | None = None) -> Path:

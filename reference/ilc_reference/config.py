@@ -1,89 +1,19 @@
-"""Model configuration: the one place for shapes, padding and channel counts.
+"""Model configuration for training: the contract's facts, and a tiny model for tests.
 
-Export, the pipeline and the codec read these facts from here (or from the
-manifest written from here), never from their own constants.
+Shapes, padding, the scale table and the :class:`ModelConfig` itself are defined by the
+model contract (:mod:`ilc_export.contract`); the reference model reads them from there,
+like the exporters and the runtime do. They are re-exported here for the training code.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
+from ilc_export.contract.config import OPTIONAL_DEFAULTS, Z_MODELS, ModelConfig
+from ilc_export.contract.geometry import (HYPER_DOWNSAMPLE, LEVELS, NUM_SCALES, PAD_MULTIPLE, SCALE_MAX, SCALE_MIN,
+                                          latent_shape, padded_size)
 
-#: Haar levels of the invertible transform; latents sit at H/2**LEVELS.
-LEVELS = 4
-#: The hyperprior downsamples the latent twice more.
-HYPER_DOWNSAMPLE = 4
-#: Inputs are padded (edge-replicated) to a multiple of this.
-PAD_MULTIPLE = 2**LEVELS * HYPER_DOWNSAMPLE  # 64
-#: Log-spaced Gaussian scale table shared by the float model and the codec.
-SCALE_MIN = 0.11
-SCALE_MAX = 64.0
-NUM_SCALES = 64
-
-
-@dataclass
-class ModelConfig:
-    """Size of an ILC (or baseline) model. Model size is config, not code."""
-
-    name: str = "ilc-default"
-    kind: str = "ilc"  # "ilc" (invertible) or "baseline" (conv analysis/synthesis)
-    latent_channels: int = 96  # M: channels of y
-    hyper_channels: int = 48  # channels of the hyper-latent w
-    blocks_per_level: list[int] = field(default_factory=lambda: [1, 1, 2, 2])
-    hidden_per_level: list[int] = field(default_factory=lambda: [24, 48, 96, 64])
-    inv_conv_levels: list[int] = field(default_factory=lambda: [0, 1, 2])  # levels with a learned 1x1 mix
-    clamp: float = 1.0  # c in s = c * (2*sigmoid(H) - 1)
-    baseline_channels: int = 64  # N of the conv baseline
-    lmbda: float = 0.0067
-    beta: float = 1.0
-    # --- optional decoder-side network g (issue 12); fields added after the model id was
-    # defined: at their defaults they are left out of to_json(), so existing configs, their
-    # checkpoints' metadata and their model ids stay byte-identical (see OPTIONAL_DEFAULTS).
-    z_model: str = "zero"  # "zero": decode with z_hat = 0 (+ surrogate); "g": z_hat = g(y_hat) (+ surrogate)
-    g_hidden: int = 64  # width of g's two hidden 3x3 convs (at H/16)
-    g_lr_scale: float = 1.0  # g's weights are stored divided by this (equalised-lr style): Adam moves g this much faster
-    g_refine_y: bool = False  # g also predicts a correction of y_hat's quantisation error: f^-1(y_hat + r(y_hat), z_hat)
-
-    @property
-    def total_channels(self) -> int:
-        return 3 * 4**LEVELS
-
-    @property
-    def z_channels(self) -> int:
-        return self.total_channels - self.latent_channels
-
-    @property
-    def has_g(self) -> bool:
-        return self.kind == "ilc" and self.z_model == "g"
-
-    def to_dict(self) -> dict:
-        """Fields as a dict; optional fields at their default value are left out."""
-        d = dataclasses.asdict(self)
-        for k, v in OPTIONAL_DEFAULTS.items():
-            if d.get(k) == v:
-                del d[k]
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        cfg = cls(**d)
-        if cfg.z_model not in Z_MODELS:
-            raise ValueError(f"unknown z_model {cfg.z_model!r} (expected one of {list(Z_MODELS)})")
-        return cfg
-
-
-#: Fields added after the model id (a hash of the config JSON) was defined, with the value
-#: that reproduces the old behaviour. to_json() omits them at that value, so an old config
-#: serialises (and hashes) exactly as before.
-OPTIONAL_DEFAULTS = {"z_model": "zero", "g_hidden": 64, "g_lr_scale": 1.0, "g_refine_y": False}
-Z_MODELS = ("zero", "g")
+__all__ = [
+    "HYPER_DOWNSAMPLE", "LEVELS", "NUM_SCALES", "OPTIONAL_DEFAULTS", "PAD_MULTIPLE", "SCALE_MAX", "SCALE_MIN",
+    "Z_MODELS", "ModelConfig", "latent_shape", "padded_size", "tiny_config",
+]
 
 
 def tiny_config(kind: str = "ilc") -> ModelConfig:
@@ -98,21 +28,3 @@ def tiny_config(kind: str = "ilc") -> ModelConfig:
         inv_conv_levels=[0, 1],
         baseline_channels=16,
     )
-
-
-def latent_shape(cfg: ModelConfig, height: int, width: int) -> dict[str, tuple[int, int, int]]:
-    """Per-image (C, H, W) of every tensor crossing the graph/codec boundary, for a padded size."""
-    if height % PAD_MULTIPLE or width % PAD_MULTIPLE:
-        raise ValueError(f"size {height}x{width} is not padded to a multiple of {PAD_MULTIPLE}")
-    s = 2**LEVELS
-    h, w = height // s, width // s
-    return {
-        "y": (cfg.latent_channels, h, w),
-        "z": (cfg.z_channels, h, w),
-        "w": (cfg.hyper_channels, h // HYPER_DOWNSAMPLE, w // HYPER_DOWNSAMPLE),
-    }
-
-
-def padded_size(height: int, width: int) -> tuple[int, int]:
-    m = PAD_MULTIPLE
-    return (-(-height // m) * m, -(-width // m) * m)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ilc_export.contract.model_id import TABLE_PREFIX
+
 from .checkpoint import save_checkpoint
 from .config import ModelConfig
 from .model import build_model
@@ -178,7 +180,7 @@ class Trainer:
             if args.init:
                 from safetensors.torch import load_file
 
-                sd = {k: v for k, v in load_file(args.init).items() if not k.startswith("tables.")}
+                sd = {k: v for k, v in load_file(args.init).items() if not k.startswith(TABLE_PREFIX)}
                 self.model.load_state_dict(sd)
                 self.notes.append(f"initialised from {args.init}")
         if self.cuda:

@@ -1,7 +1,7 @@
 """Derive the codec's integer tables from a trained float model, once.
 
-This is the only codec module that uses torch (imported lazily inside the functions):
-it reads the float model; everything it produces is integers (see tables.py for the
+Tooling, not runtime: it uses torch (imported lazily inside the functions) to read the
+float model; everything it produces is integers (see ``ilc_export.codec.tables`` for the
 keys), and encoding/decoding afterwards never touches floats to select a CDF.
 
 Integer hyper-scale network (post-training quantisation of ``model.h_s_scale``)
@@ -29,9 +29,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from ilc_reference.config import NUM_SCALES, PAD_MULTIPLE, SCALE_MAX, SCALE_MIN
 
-from .tables import TABLE_PREFIX, CodecTables, model_id_of_file
+from ..codec.errors import TablesError
+from ..codec.tables import CodecTables
+from ..contract.geometry import NUM_SCALES, PAD_MULTIPLE, SCALE_MAX, SCALE_MIN
+from ..contract.model_id import TABLE_PREFIX, compute_model_id, model_id_of_file
 
 PRECISION = 16
 ACT_BITS = 20
@@ -382,8 +384,6 @@ def finalize_checkpoint(ckpt_path: str | Path, calib_dir: str | Path | None = No
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from .errors import TablesError
-
     ckpt_path = Path(ckpt_path)
     model = load_model(ckpt_path)
     calib = _load_images(calib_dir) if calib_dir is not None else None
@@ -398,8 +398,6 @@ def finalize_checkpoint(ckpt_path: str | Path, calib_dir: str | Path | None = No
     for k, v in tables.items():
         tensors[k] = torch.from_numpy(v)
     if old and not replace:
-        from .tables import compute_model_id
-
         new_id = compute_model_id({k: v.numpy() for k, v in tensors.items()}, meta.get("config"))
         raise TablesError(f"{ckpt_path}: the rebuilt tables differ from the stored ones (model id "
                           f"{model_id_of_file(ckpt_path)} -> {new_id}); files written with the old id would no "

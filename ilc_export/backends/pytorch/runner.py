@@ -10,7 +10,7 @@ values, so the division cannot differ; round(x * 255) in float32, half to even, 
 
 fp16 (a CUDA device only): forward and inverse run under autocast; hyper_mean always runs in
 fp32, so mu stays as close as possible to what an fp32 decoder computes. Only the
-reconstruction moves with fp16; every symbol and CDF index stays exact (SPEC section 2).
+reconstruction moves with fp16; every symbol and CDF index stays exact.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DEVICE_PIXELS, FUSED_TILES, BackendError, Runner
-
-TORCH_PRECISIONS = ("fp32", "fp16")
+from ...codec.entropy import MAX_ABS_SYMBOL
+from ..base import Runner
+from . import SPEC
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -29,59 +29,19 @@ def _writable(a: np.ndarray) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
-def resolve_device(device: str | None):
-    """'cpu', 'cuda' or 'cuda:N' -> torch.device, or a one-line BackendError saying why not."""
-    import torch
-
-    spec = "cpu" if device is None else str(device).strip().lower()
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
-        raise BackendError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    if dev.type == "cpu":
-        return torch.device("cpu")
-    if torch.version.cuda is None:
-        raise BackendError(f"CUDA is not available in this torch build (torch {torch.__version__}, CPU-only); "
-                           "use --device cpu")
-    if not torch.cuda.is_available():
-        raise BackendError(f"no CUDA device is usable (torch {torch.__version__} built for CUDA {torch.version.cuda}; "
-                           "check the driver and CUDA_VISIBLE_DEVICES); use --device cpu")
-    n = torch.cuda.device_count()
-    index = 0 if dev.index is None else dev.index
-    if index >= n:
-        raise BackendError(f"no device cuda:{index}: {n} CUDA device(s) visible (cuda:0 .. cuda:{n - 1})")
-    return torch.device("cuda", index)
-
-
 class TorchRunner(Runner):
-    name = "torch"
-    capabilities = frozenset({FUSED_TILES, DEVICE_PIXELS})
+    name = SPEC.name
+    capabilities = SPEC.capabilities
 
-    def __init__(self, ckpt: Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"):
+    def __init__(self, ckpt: Path, model_id: str, model, dev, precision: str = "fp32"):
+        """`model`: the reference model, already on torch device `dev` (see :func:`.loader.load`)."""
         import torch
 
-        from ilc_reference.checkpoint import load_model
-
-        from ..codec.tables import model_id_of_file
-
-        if precision not in TORCH_PRECISIONS:
-            raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(TORCH_PRECISIONS)}")
-        dev = resolve_device(device)
-        if precision == "fp16" and dev.type != "cuda":
-            raise BackendError("fp16 on the torch backend needs a CUDA device (--device cuda); on the CPU it runs fp32")
-        if threads:
-            torch.set_num_threads(threads)
         self._torch = torch
         self._dev = dev
         self.device = str(dev)
         self.precision = precision
-        try:
-            model = load_model(ckpt).to(dev)
-        except FileNotFoundError as e:
-            raise BackendError(str(e)) from e
-        super().__init__(ckpt, model_id_of_file(ckpt), model.cfg)
+        super().__init__(ckpt, model_id, model.cfg)
         self.model = model
         self._fns = {
             "forward": self._forward,
@@ -136,8 +96,6 @@ class TorchRunner(Runner):
 
     # -- FUSED_TILES ---------------------------------------------------------------
     def encode_tile(self, image, quantize_w):
-        from ..codec.entropy import MAX_ABS_SYMBOL
-
         torch = self._torch
         with torch.inference_mode():
             x = self._pixels_in(image) if image.dtype == np.uint8 else self._to_dev(image)
@@ -162,13 +120,3 @@ class TorchRunner(Runner):
 
     def tables_path(self) -> Path:
         return self.source
-
-
-def load(source: Path, device: str | None = "cpu", threads: int | None = None, precision: str | None = None,
-         providers=None, **_) -> TorchRunner:
-    source = Path(source)
-    if providers:
-        raise BackendError("--provider chooses ONNX Runtime execution providers; the torch backend takes --device")
-    if source.is_dir():
-        raise BackendError(f"the torch backend needs a checkpoint file (.safetensors), got folder {source}")
-    return TorchRunner(source, device=device or "cpu", threads=threads, precision=precision or "fp32")
