@@ -8,6 +8,7 @@ import io
 import os
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -283,6 +284,28 @@ def decompress_file(codec_for: Callable[[bytes], ImageCodec], src: Path, dst: Pa
     return FileResult(src, dst, st)
 
 
+def evaluate_image(codec, f: Path, mid: str, tmp: Path) -> dict:
+    """One image through a real file: compress, write, read back, decompress, measure.
+
+    The per-image record of the results JSON; every engine computes it with this function."""
+    from .metrics import ms_ssim, psnr
+
+    img, _ = load_rgb(f)
+    t0 = time.perf_counter()
+    data, est = codec.compress(img)
+    bit = Path(tmp) / (f.stem + BITSTREAM_SUFFIX)
+    write_output(bit, data)
+    t1 = time.perf_counter()
+    rec, dst = codec.decompress(bit.read_bytes())
+    t2 = time.perf_counter()
+    n = bit.stat().st_size
+    bit.unlink()
+    return {"image": f.name, "bpp": 8 * n / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec),
+            "ms_ssim": ms_ssim(img, rec), "enc": t1 - t0, "dec": t2 - t1,
+            "enc_entropy": est.times.get("entropy", 0.0), "dec_entropy": dst.times.get("entropy", 0.0),
+            "bytes": n, "model": codec.cfg.name, "model_id": mid}
+
+
 class CodecCache:
     """Decoders keyed by the model id found in each file (decompress without --model)."""
 
@@ -320,5 +343,5 @@ def default_threads() -> int:
 __all__ = [
     "BITSTREAM_SUFFIX", "DECODED_SUFFIX", "IMAGE_SUFFIXES", "OutputError", "CodingError", "UsageError", "open_codec",
     "expand_inputs", "output_path", "plan_outputs", "unique_path", "default_output", "compress_file",
-    "decompress_file", "CodecCache", "FileResult", "write_output", "encode_image",
+    "decompress_file", "evaluate_image", "CodecCache", "FileResult", "write_output", "encode_image",
 ]

@@ -230,7 +230,7 @@ class Worker:
                                             overwrite=self.job.overwrite)
                 res.error = res.value.error
             else:
-                from ..verify.rd import evaluate_image
+                from ..pipeline.api import evaluate_image
 
                 codec = self._codec(Path(item.model))
                 with tempfile.TemporaryDirectory(prefix="ilc-eval-") as tmp:
@@ -294,19 +294,6 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
-
-
-def make_engine(name: str = "local", *, jobs: int = 1, address: str | None = None,
-                workers: int | None = None, **ray_options) -> Engine:
-    """``local`` or ``ray``; asking for ray without it installed raises a one-line error
-    (``EngineUnavailable``) that says what to install."""
-    if name == "local":
-        return LocalEngine(jobs)
-    if name == "ray":
-        from .ray_engine import RayEngine
-
-        return RayEngine(address=address, workers=workers, **ray_options)
-    raise ValueError(f"unknown engine {name!r}; one of {', '.join(ENGINES)}")
 
 
 def run_batch(engine: Engine, job: Job, items: list[Item],
