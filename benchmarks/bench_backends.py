@@ -21,7 +21,7 @@ backend) and the rest (container, padding, rounding). Reported per backend and t
 
 The checkpoint is never modified: if it lacks codec tables, a copy in a temp folder is
 finalized (ilc_export.export.tables_build.finalize_checkpoint) and exported to ONNX there.
-Timings are only comparable within one run (see ../shared/SPEC.md section 5).
+Timings are only comparable within one run (benchmarks/README.md).
 """
 from __future__ import annotations
 

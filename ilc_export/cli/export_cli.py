@@ -1,6 +1,6 @@
 """ilc-export: turn checkpoints into deployable graphs and check them.
 
-Thin commands over ilc_export.export / ilc_export.verify; the lead may add more commands.
+Thin commands over ilc_export.export / ilc_export.verify.
 """
 from __future__ import annotations
 

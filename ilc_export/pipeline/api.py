@@ -336,10 +336,6 @@ class CodecCache:
         return self._by_id[mid]
 
 
-def default_threads() -> int:
-    return max(1, (os.cpu_count() or 1))
-
-
 __all__ = [
     "BITSTREAM_SUFFIX", "DECODED_SUFFIX", "IMAGE_SUFFIXES", "OutputError", "CodingError", "UsageError", "open_codec",
     "expand_inputs", "output_path", "plan_outputs", "unique_path", "default_output", "compress_file",

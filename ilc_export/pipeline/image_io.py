@@ -10,8 +10,6 @@ Policy (docs/usage.md):
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -92,22 +90,6 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
             notes.append(f"{mode} converted to RGB")
         im = im.convert("RGB")
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
-
-
-def save_rgb(path: str | Path, arr: np.ndarray) -> None:
-    """Write an 8-bit RGB image atomically; the format follows the suffix (PNG default)."""
-    path = Path(path)
-    fmt = None if path.suffix else "PNG"
-    data = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), "RGB")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            data.save(f, format=fmt or Image.registered_extensions().get(path.suffix.lower(), "PNG"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def pad_to_multiple(arr: np.ndarray, multiple: int) -> np.ndarray:

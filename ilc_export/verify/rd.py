@@ -79,7 +79,7 @@ def evaluate_codec(directory: Path, qualities: list[int] | None = None, models: 
                    backend: str = "torch", limit: int | None = None, progress=None, name: str = "ILC",
                    kind: str = "ilc", cache: ResultCache | None = None, engine=None, on_summary=None,
                    **opts) -> dict:
-    """Every image x quality: compress to a real file, decompress it, measure (SPEC section 5).
+    """Every image x quality: compress to a real file, decompress it, measure.
 
     ``engine`` (``ilc_export.scale``; default: this process) runs the images not in ``cache``;
     the records and the JSON are the same whichever engine computed them; ``on_summary``
