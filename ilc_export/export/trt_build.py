@@ -106,11 +106,6 @@ def input_shape(name: str, channels: int, bhw: tuple[int, int, int]) -> tuple[in
 
 
 # --------------------------------------------------------------------------- files
-def atomic_write(path: Path, data: bytes | memoryview) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, bytes(data))
-
-
 def load_onnx_manifest(onnx_dir: Path) -> dict:
     """The export's manifest; {} for a folder of .onnx files without one."""
     onnx_dir = Path(onnx_dir)
@@ -665,7 +660,7 @@ def _build_engines(
                 errs = "\n  ".join(logger.errors()[-10:]) or "(no message)"
                 raise BuildError(f"TensorRT could not build {g} from {path.name}:\n  {errs}")
             engine_file = out_dir / f"{g}.engine"
-            atomic_write(engine_file, memoryview(blob))
+            write_atomic(engine_file, memoryview(blob))
             size = engine_file.stat().st_size
             inspection = inspect_engine(fl, blob, targets, g)
             if inspection.get("available") and not inspection["ok"] and fp16 and check != "off":
@@ -674,7 +669,7 @@ def _build_engines(
                     engine_file.unlink()
                     raise PrecisionCheckError(msg)
                 emit({"event": "message", "text": f"[red]precision check failed:[/] {msg}"})
-            atomic_write(out_dir / f"{g}.layers.json",
+            write_atomic(out_dir / f"{g}.layers.json",
                          (json.dumps({"parsed": report, "engine": inspection}, indent=1) + "\n").encode())
             del blob
             io = {}
@@ -706,7 +701,8 @@ def _build_engines(
             del network, _parser, config, monitor
 
     if cache is not None:
-        atomic_write(Path(timing_cache), memoryview(cache.serialize()))
+        Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(timing_cache), memoryview(cache.serialize()))
 
     copied = _copy_model_files(onnx_dir, out_dir, onnx_manifest)
     manifest = {

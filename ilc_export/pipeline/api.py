@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from ..backends import load_backend
 from ..codec.bitstream import unpack
-from ..contract.files import file_mode_for
+from ..contract.files import file_mode_for, write_atomic
 from ..codec.errors import BitstreamError
 from ..errors import IlcError
 from .codec import ImageCodec, Stats
@@ -204,8 +204,11 @@ def write_output(path: str | Path, data: bytes, overwrite: bool = True) -> Path:
 
 
 def _write_portable(path: Path, data: bytes, overwrite: bool) -> Path:
-    """Unique temporary file in the target folder, fsync, then rename (overwrite) or link
-    (no overwrite: fails if the target exists); the temporary file is removed on any exception."""
+    """Replacing: ``write_atomic``. Not replacing: a unique temporary file in the target folder,
+    fsync, then a link to the final name (fails if the target exists); the temporary file is
+    removed on any exception."""
+    if overwrite:
+        return write_atomic(path, data)
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
@@ -214,11 +217,8 @@ def _write_portable(path: Path, data: bytes, overwrite: bool) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode_for(path))
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:  # renamed away on success; still there after a link or a failure
+        os.link(tmp, path)
+    finally:  # still there after the link or a failure
         try:
             os.unlink(tmp)
         except FileNotFoundError:
