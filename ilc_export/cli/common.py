@@ -101,6 +101,44 @@ ProviderOpt = typer.Option(None, "--provider", "--ep", help="onnxruntime executi
                            "comma list: tensorrt[:N], cuda[:N], cpu (default: the best this onnxruntime has)")
 
 
+def option_groups(**groups):
+    """Let a command take groups of options as one dataclass each: ``@option_groups(run=RunOptions)``
+    replaces the command's ``run`` parameter, where it stands, by the dataclass's fields (each
+    a Typer option) and calls the command with the dataclass built from them. Commands that
+    share options then share their definitions, help texts and checks."""
+    import dataclasses
+    import inspect
+    import typing
+
+    def deco(fn):
+        hints = typing.get_type_hints(fn)
+        params = []
+        for p in inspect.signature(fn).parameters.values():
+            cls = groups.get(p.name)
+            if cls is None:
+                params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
+                continue
+            hints.pop(p.name, None)
+            field_hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                                                annotation=field_hints[f.name]))
+                hints[f.name] = field_hints[f.name]
+
+        @functools.wraps(fn)
+        def wrapper(**kw):
+            for name, cls in groups.items():
+                kw[name] = cls(**{f.name: kw.pop(f.name) for f in dataclasses.fields(cls)})
+            return fn(**kw)
+
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = hints
+        del wrapper.__wrapped__  # Typer must read the new signature, not the command's
+        return wrapper
+
+    return deco
+
+
 def device_options(device: str | None = None, provider: str | None = None) -> dict:
     """--device / --provider as backend loader options (each loader refuses the other's)."""
     opts = {}
