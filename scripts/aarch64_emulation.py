@@ -193,7 +193,9 @@ def check(root: Path, work: Path, onnx: Path | None, size: tuple[int, int], n_im
     shutil.copy(so, src / "ilc_export/codec" / so.name)
     if onnx is None:
         onnx = work / "onnx"
-        if not (onnx / "manifest.json").exists():
+        from ilc_export.contract.manifest import MANIFEST_NAME
+
+        if not (onnx / MANIFEST_NAME).exists():
             from ilc_export.export.onnx_export import export_onnx
             from ilc_export.pipeline.models import shipped_checkpoint
 
