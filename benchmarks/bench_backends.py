@@ -21,7 +21,7 @@ backend) and the rest (container, padding, rounding). Reported per backend and t
 
 The checkpoint is never modified: if it lacks codec tables, a copy in a temp folder is
 finalized (ilc_export.export.tables_build.finalize_checkpoint) and exported to ONNX there.
-Timings are only comparable within one run (see ../shared/SPEC.md section 5).
+Timings are only comparable within one run (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,49 +47,6 @@ sys.path.insert(0, str(HERE))
 import flops as flops_mod
 
 
-# model preparation ---------------------------------------------------------------
-def has_tables(ckpt: Path) -> bool:
-    from safetensors import safe_open
-
-    from ilc_export.contract.model_id import TABLE_PREFIX
-
-    with safe_open(str(ckpt), framework="numpy") as f:
-        return any(k.startswith(TABLE_PREFIX) for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
-
-
-def prepare_models(ckpt: Path, onnx_dir: Path | None, tmp: Path, calib: Path | None = None,
-                   say=print) -> tuple[Path, Path, list[str]]:
-    """(checkpoint with tables, ONNX export folder, warnings); never writes to `ckpt`."""
-    from ilc_export.contract.manifest import read_manifest
-    from ilc_export.contract.model_id import model_id_of_file
-
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise SystemExit(f"checkpoint not found: {ckpt}")
-    # a copy first: training may overwrite the file while we read it
-    copy = tmp / ckpt.name
-    warnings: list[str] = []
-    shutil.copyfile(ckpt, copy)
-    if not has_tables(copy):
-        from ilc_export.export.tables_build import finalize_checkpoint
-
-        say(f"{ckpt.name} has no codec tables: finalizing a copy in {tmp}")
-        finalize_checkpoint(copy, calib)
-    if onnx_dir is None:
-        from ilc_export.export.onnx_export import export_onnx
-
-        say("exporting ONNX graphs to a temp folder")
-        onnx_dir = export_onnx(copy, tmp / "onnx")
-    else:
-        mid = read_manifest(Path(onnx_dir))["model_id"]
-        if mid != model_id_of_file(copy):
-            warnings.append(f"{onnx_dir} has model id {mid}, the checkpoint {model_id_of_file(copy)}: "
-                            "the backends time different models")
-            say("warning: " + warnings[-1])
-    return copy, Path(onnx_dir), warnings
-
-
-# machine peak ------------------------------------------------------------------
 def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     """GFLOP/s of the best of `repeat` n^3 float32 numpy matmuls (after one warm-up)."""
     rng = np.random.default_rng(0)
@@ -374,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     info = machine_info()
     images = _images(args.images, args.limit)
     with tempfile.TemporaryDirectory(prefix="ilc-bench-") as tmp:
+        from ilc_export.export.prepare import prepare_models
+
         ckpt, onnx_dir, warnings = prepare_models(args.ckpt, args.onnx, Path(tmp), args.calib, say)
         res = run_bench(ckpt, onnx_dir, images, backends, threads, args.repeat, args.engines, args.peak_size, say)
         h, w = images[0][1].shape[:2]

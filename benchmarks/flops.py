@@ -32,7 +32,7 @@ import math
 import sys
 from pathlib import Path
 
-GRAPH_NAMES = ("forward", "hyper_mean", "inverse")
+from ilc_export.contract.graphs import GRAPH_NAMES
 
 #: ops counted as one operation per output element
 ELEMENTWISE = {
@@ -44,14 +44,14 @@ MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 def _padded(height: int, width: int) -> tuple[int, int]:
-    from ilc_reference.config import padded_size  # torch-free module
+    from ilc_export.contract.geometry import padded_size
 
     return padded_size(height, width)
 
 
 def dim_values(height: int, width: int, batch: int = 1) -> dict[str, int]:
     """Concrete value of every symbolic dim the exporter uses (see onnx_export.DIMS)."""
-    from ilc_reference.config import HYPER_DOWNSAMPLE, LEVELS
+    from ilc_export.contract.geometry import HYPER_DOWNSAMPLE, LEVELS
 
     s = 2**LEVELS
     return {
@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="ilc-flops-") as tmp:
         src = Path(args.onnx) if args.onnx else None
         if src is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from bench_backends import prepare_models
+            from ilc_export.export.prepare import prepare_models
 
             _, src, _ = prepare_models(Path(args.ckpt), None, Path(tmp), say=lambda m: print(m, file=sys.stderr))
         if src.is_dir():

@@ -135,12 +135,7 @@ def _decode_all(codec, folder: Path, out: Path) -> dict:
     info = {}
     for f in sorted(folder.glob("*.ilc")):
         data = f.read_bytes()
-        header, streams = codec.read_header(data)
-        from ilc_export.pipeline import tiling
-
-        tiles = tiling.layout(header)
-        shapes = tiling.tile_shapes(codec.cfg, tiles)
-        syms = [codec.entropy.decode(streams[2 * t.index:2 * t.index + 2], sh["w"], sh["y"]) for t, sh in zip(tiles, shapes)]
+        syms = codec.file_symbols(data)
         img, _ = codec.decompress(data)
         np.save(out / f"{f.stem}.pixels.npy", img)
         np.savez(out / f"{f.stem}.symbols.npz", **{f"w{i}": s[0] for i, s in enumerate(syms)},
@@ -198,7 +193,9 @@ def check(root: Path, work: Path, onnx: Path | None, size: tuple[int, int], n_im
     shutil.copy(so, src / "ilc_export/codec" / so.name)
     if onnx is None:
         onnx = work / "onnx"
-        if not (onnx / "manifest.json").exists():
+        from ilc_export.contract.manifest import MANIFEST_NAME
+
+        if not (onnx / MANIFEST_NAME).exists():
             from ilc_export.export.onnx_export import export_onnx
             from ilc_export.pipeline.models import shipped_checkpoint
 

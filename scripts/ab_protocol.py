@@ -1,4 +1,4 @@
-"""Equal-budget A/B protocol for ILC research ideas (issue 12).
+"""Equal-budget A/B protocol for ILC research ideas (docs/research.md).
 
 Two (or more) arms train side by side, at the same time, on the same device, for the same
 wall time, from the same seed (so the same crop sequence), on the same training split, each

@@ -1,4 +1,4 @@
-"""Cross-backend parity on real images (issue 4): torch vs ONNX Runtime fp32 (and fp16).
+"""Cross-backend parity on real images: torch vs ONNX Runtime fp32 (and fp16).
 
 For every image: encode with torch and with ONNX Runtime, decode each file with both
 backends (all four pairings), and report PSNR differences, file-size differences and the
@@ -48,7 +48,7 @@ def main():
     for f in track(expand_inputs([args.images], IMAGE_SUFFIXES)[: args.limit], description="images"):
         img, _ = load_rgb(f)
         lat = {k: codecs[k].latents(img) for k in ("torch", "ort")}
-        sym = {k: codecs[k].entropy.quantize_y(v["y"], v["mu"]) for k, v in lat.items()}
+        sym = {k: codecs[k].symbols(v)[1] for k, v in lat.items()}
         files = {k: codecs[k].compress(img)[0] for k in codecs}
         row = {"image": f.name, "bytes": {k: len(v) for k, v in files.items()},
                "y_symbols_differ": int(np.count_nonzero(sym["torch"] != sym["ort"])),

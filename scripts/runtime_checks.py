@@ -1,4 +1,4 @@
-"""Kodak-wide checks of the entropy-coding runtime (issue 3), for every shipped quality:
+"""Kodak-wide checks of the entropy-coding runtime, for every shipped quality:
 
 - decodability when the encoder's float path is perturbed (1e-3 relative noise);
 - real file bits vs the float model's estimated bits (header + coder overhead);
@@ -43,7 +43,7 @@ def main():
             data, st = codec.compress(img)
             rec, _ = codec.decompress(data)
             lat = codec.latents(img)
-            y_sym = codec.entropy.quantize_y(lat["y"], lat["mu"])
+            _, y_sym = codec.symbols(lat)
             with torch.inference_mode():
                 v = model.hyper_scale(torch.from_numpy(lat["w_hat"][None].astype(np.float32)))
             float_idx = scale_index_from_log(v)[0].numpy()

@@ -38,7 +38,8 @@ def main():
     out_dir = ROOT / "reference" / "ilc_reference" / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        calib = calib_folder(args.calib, args.calib_count, Path(tmp))
+        # named after the source folder: the checkpoint's calibration note names this folder
+        calib = calib_folder(args.calib, args.calib_count, Path(tmp) / args.calib.name)
         for run in args.runs:
             kind, q = run.name.split("_q")
             src = run / "model.safetensors"

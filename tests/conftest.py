@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+#: shared data (kodak/, train/): $ILC_SHARED/data when set (a worktree elsewhere), else beside the checkout
+SHARED = Path(os.environ.get("ILC_SHARED") or ROOT.parent / "shared") / "data"
 SAMPLE = ROOT / "ilc_export" / "data" / "kodim23.png"
 
 

@@ -167,6 +167,20 @@ def test_verify_export_report(exported):
     json.dumps(rep)  # JSON-serialisable
 
 
+def test_compare_runners_any_two_backends(exported):
+    """Parity is runner vs runner: ONNX Runtime fp16 against ONNX Runtime fp32 (as TensorRT
+    against ONNX Runtime), and a runner against itself is exact."""
+    from ilc_export.verify.parity import DEFAULT_TOLERANCES, PSNR_CAP, compare_runners
+
+    img = (np.random.default_rng(4).random((64, 96, 3)) * 255).astype(np.uint8)
+    with load_ort(exported[1], threads=1) as fp32, load_ort(exported[1], threads=1, precision="fp16") as fp16:
+        same = compare_runners(fp32, fp32, [("noise", img)], DEFAULT_TOLERANCES["fp32"])
+        assert same["pass"] and same["reconstruction"][0]["psnr_vs_torch"] == PSNR_CAP
+        assert same["graphs"]["forward"]["y"]["max_abs"] == 0.0
+        half = compare_runners(fp32, fp16, [("noise", img)], DEFAULT_TOLERANCES["fp16"])
+        assert half["pass"] and 0 < half["graphs"]["forward"]["y"]["max_abs"] < 5e-2
+
+
 def test_verify_rejects_other_checkpoint(exported, tmp_path):
     from test_onnx_fixtures import tiny_checkpoint
 

@@ -1,4 +1,4 @@
-"""The runtime on a Jetson (issue 17): Python 3.10, Linux aarch64.
+"""The runtime on a Jetson (docs/deploy-jetson.md): Python 3.10, Linux aarch64.
 
 - requires-python admits 3.10, and the runtime packages use nothing newer (vermin);
 - the runtime's dependency set has Linux aarch64 cp310 wheels on PyPI (pip download;

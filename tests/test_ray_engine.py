@@ -243,14 +243,14 @@ def test_cli_engine_ray_without_ray_or_with_local(monkeypatch, images, tmp_path)
 def test_decompress_finds_models_by_id_on_the_workers(engine, images, tiny_ckpt, tmp_path, monkeypatch, one_thread):
     """Without --model, the driver's search folders travel with the job: actors do not see its
     environment (ILC_MODEL_PATH here is set after they started, as on a cluster's other nodes)."""
-    from ilc_export.cli.scale import ray_job
+    from ilc_export.cli.scale import batch_job
 
     files = sorted(images.iterdir())[:3]
     enc = run_batch(LocalEngine(), Job("compress", model=str(tiny_ckpt), options={"threads": 1}),
                     _items(files, tmp_path / "bits", ".ilc"))
     assert not enc.summary.failures
     monkeypatch.setenv("ILC_MODEL_PATH", str(tiny_ckpt.parent))
-    job = ray_job("decompress", None, None, "torch", None, {"threads": 1}, False, None)
+    job = batch_job("decompress", None, None, "torch", None, {"threads": 1}, False, None)
     assert job.model is None and str(tiny_ckpt.parent) in job.search
     bits = sorted((tmp_path / "bits").iterdir())
     got = run_batch(engine, job, _items(bits, tmp_path / "png", ".png"))

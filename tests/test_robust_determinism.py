@@ -40,15 +40,7 @@ def _with_threads(n, fn):
 
 def _symbols(codec, data) -> np.ndarray:
     """Every entropy-coded symbol of a file (w_hat and y of each tile), decoded with integers only."""
-    from ilc_export.pipeline import tiling
-
-    header, streams = codec.read_header(data)
-    tiles = tiling.layout(header)
-    out = []
-    for t, sh in zip(tiles, tiling.tile_shapes(codec.cfg, tiles)):
-        w_hat, y = codec.entropy.decode(streams[2 * t.index:2 * t.index + 2], sh["w"], sh["y"])
-        out += [w_hat.ravel(), y.ravel()]
-    return np.concatenate(out)
+    return np.concatenate([a.ravel() for pair in codec.file_symbols(data) for a in pair])
 
 
 @pytest.mark.parametrize("tile", [0, 128])

@@ -178,6 +178,12 @@ def test_engines_match_onnxruntime(tmp_path, fp16):
         ia = ort_r.run("inverse", {"y_hat": y_hat, "z": np.zeros_like(a["z"])})["image"]
         ib = trt_r.run("inverse", {"y_hat": y_hat, "z": np.zeros_like(a["z"])})["image"]
         assert np.abs(ia - ib).max() < tol
+        # the verifier's runner-vs-runner parity takes TensorRT as it takes ONNX Runtime
+        from ilc_export.verify.parity import DEFAULT_TOLERANCES, compare_runners
+
+        img = (rng.random((128, 192, 3)) * 255).astype(np.uint8)
+        rep = compare_runners(ort_r, trt_r, [("noise", img)], DEFAULT_TOLERANCES["fp16" if fp16 else "fp32"])
+        assert rep["reconstruction_pass"], rep["reconstruction"]
         with pytest.raises(BackendError, match="outside the engine profile"):
             trt_r.run("forward", {"image": np.zeros((1, 3, 512, 64), np.float32)})
 

@@ -1,4 +1,4 @@
-"""The optional decoder-side network g (issue 12): z_hat = g(y_hat) in the inverse.
+"""The optional decoder-side network g (docs/research.md): z_hat = g(y_hat) in the inverse.
 
 Compatibility: a config without g serialises, hashes (model id), loads and exports exactly as
 before; g lives in the inverse graph only; f stays exactly invertible.

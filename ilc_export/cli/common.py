@@ -8,36 +8,32 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..errors import IlcError
+
 # soft_wrap: a line is never broken at the console width (piped output is one line per file)
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
-#: The errors users cause (bad files, wrong models, contradicting options, unwritable
-#: outputs, missing runtimes): (module, class). Each command turns them into one line and exit
-#: code 1; anything else is a bug and keeps its traceback. A class counts only once its module
-#: is imported (a module that was never imported raised nothing), so the CLI never imports
-#: torch or onnx just to name their errors.
-USER_ERROR_CLASSES = (
-    ("ilc_export.codec.errors", "BitstreamError"),
-    ("ilc_export.codec.errors", "TablesError"),
-    ("ilc_export.pipeline.image_io", "ImageError"),
+#: Errors users cause that are not (yet) derived from ``ilc_export.errors.IlcError``: (module,
+#: class). A class counts only once its module is imported (a module that was never imported
+#: raised nothing), so the CLI never imports torch or onnx just to name their errors.
+OTHER_USER_ERRORS = (
     ("ilc_export.pipeline.models", "ModelNotFound"),
     ("ilc_export.pipeline.models", "ModelError"),
     ("ilc_export.pipeline.models", "UsageError"),
-    ("ilc_export.pipeline.api", "CodingError"),
     ("ilc_export.backends.base", "BackendError"),
     ("ilc_export.contract.manifest", "ManifestError"),
     ("ilc_export.backends.tensorrt.flavour", "FlavourError"),
-    ("ilc_export.export.trt_build", "BuildError"),
     ("ilc_export.export.onnx_export", "ExportError"),
-    ("ilc_export.verify.parity", "VerifyError"),
-    ("builtins", "OSError"),  # file system: missing / unreadable / unwritable paths
 )
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    types = []
-    for mod, name in USER_ERROR_CLASSES:
+    """The errors each command turns into one line and exit code 1: ``IlcError`` (the root),
+    file system errors (missing / unreadable / unwritable paths), and ``OTHER_USER_ERRORS``.
+    Anything else is a bug and keeps its traceback."""
+    types: list[type[BaseException]] = [IlcError, OSError]
+    for mod, name in OTHER_USER_ERRORS:
         m = sys.modules.get(mod)
         if m is not None and isinstance(getattr(m, name, None), type):
             types.append(getattr(m, name))
@@ -103,6 +99,44 @@ DeviceOpt = typer.Option(None, "--device", help="torch backend: cpu | cuda | cud
                          "with --precision fp16 on cuda the transforms run in fp16")
 ProviderOpt = typer.Option(None, "--provider", "--ep", help="onnxruntime execution providers in preference order, "
                            "comma list: tensorrt[:N], cuda[:N], cpu (default: the best this onnxruntime has)")
+
+
+def option_groups(**groups):
+    """Let a command take groups of options as one dataclass each: ``@option_groups(run=RunOptions)``
+    replaces the command's ``run`` parameter, where it stands, by the dataclass's fields (each
+    a Typer option) and calls the command with the dataclass built from them. Commands that
+    share options then share their definitions, help texts and checks."""
+    import dataclasses
+    import inspect
+    import typing
+
+    def deco(fn):
+        hints = typing.get_type_hints(fn)
+        params = []
+        for p in inspect.signature(fn).parameters.values():
+            cls = groups.get(p.name)
+            if cls is None:
+                params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
+                continue
+            hints.pop(p.name, None)
+            field_hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                                                annotation=field_hints[f.name]))
+                hints[f.name] = field_hints[f.name]
+
+        @functools.wraps(fn)
+        def wrapper(**kw):
+            for name, cls in groups.items():
+                kw[name] = cls(**{f.name: kw.pop(f.name) for f in dataclasses.fields(cls)})
+            return fn(**kw)
+
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = hints
+        del wrapper.__wrapped__  # Typer must read the new signature, not the command's
+        return wrapper
+
+    return deco
 
 
 def device_options(device: str | None = None, provider: str | None = None) -> dict:

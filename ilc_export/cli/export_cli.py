@@ -1,6 +1,6 @@
 """ilc-export: turn checkpoints into deployable graphs and check them.
 
-Thin commands over ilc_export.export / ilc_export.verify; the lead may add more commands.
+Thin commands over ilc_export.export / ilc_export.verify.
 """
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def onnx_cmd(
 
     with console.status("exporting") as status:
         folder = export_onnx(ckpt, folder, opset=opset, fp16=fp16, progress=lambda m: status.update(m))
-    man = json.loads((folder / "manifest.json").read_text())
+    from ..contract.manifest import read_manifest
+
+    man = read_manifest(folder)
     console.print(f"[green]wrote[/green] {folder}  (model {man['model_name']}, id {man['model_id']})", highlight=False)
     for name, f in sorted(man["files"].items()):
         console.print(f"  {name:22s} {f['bytes']:>10,d} bytes", highlight=False)

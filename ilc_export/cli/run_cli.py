@@ -1,15 +1,16 @@
 """`ilc-run`: compress, decompress and evaluate images with a deployed ILC model."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..pipeline import api
-from .common import (DeviceOpt, ProviderOpt, console, device_options, fail, note, out, progress, user_errors,
-                     version_option, warn)
-from .scale import EngineOpt, RayAddressOpt, WorkersOpt, engine_batch, open_engine, print_summary, ray_job
+from .common import (DeviceOpt, ProviderOpt, device_options, fail, note, option_groups, out, progress,
+                     user_errors, version_option, warn)
+from .scale import EngineOpt, RayAddressOpt, WorkersOpt, batch_job, engine_batch, open_engine, print_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -34,13 +35,45 @@ MaxPixelsOpt = typer.Option(None, "--max-pixels", help="largest image accepted, 
                             "MAX_IMAGE_PIXELS, 89,478,485; 0 = no limit)")
 
 
-def _backend_options(threads, device=None, provider=None):
-    return ({"threads": threads} if threads else {}) | device_options(device, provider)
+@dataclass
+class Backend:
+    """-b / -p / --device / --provider / --threads: which backend runs the model, and how."""
+
+    backend: Optional[str] = BackendOpt
+    precision: Optional[str] = PrecisionOpt
+    device: Optional[str] = DeviceOpt
+    provider: Optional[str] = ProviderOpt
+    threads: Optional[int] = ThreadsOpt
+
+    def options(self) -> dict:
+        """The backend loader's options (precision aside: models.resolve reads it too)."""
+        if self.threads is not None and self.threads < 1:
+            raise api.UsageError(f"--threads must be at least 1, got {self.threads}")
+        return ({"threads": self.threads} if self.threads else {}) | device_options(self.device, self.provider)
 
 
-def _check_counts(threads: int | None = None, jobs: int = 1) -> None:
-    if threads is not None and threads < 1:
-        raise api.UsageError(f"--threads must be at least 1, got {threads}")
+@dataclass
+class Engine:
+    """--engine / --ray-address / --workers: where a batch runs."""
+
+    engine: str = EngineOpt
+    ray_address: Optional[str] = RayAddressOpt
+    workers: Optional[int] = WorkersOpt
+
+    def open(self, jobs: int = 1):
+        return open_engine(self.engine, self.ray_address, self.workers, jobs)
+
+
+def _output_opt(what: str, default: str):
+    return typer.Option(None, "-o", "--output", help=f"output {what} (one input) or folder (default: {default})")
+
+
+def batch_command(name: str | None = None):
+    """A command over many files: one-line errors, the Backend options as `run`, the Engine ones as `eng`."""
+    return lambda fn: app.command(name)(user_errors(option_groups(run=Backend, eng=Engine)(fn)))
+
+
+def _check_jobs(jobs: int) -> None:
     if jobs < 1:
         raise api.UsageError(f"--jobs must be at least 1, got {jobs}")
 
@@ -78,20 +111,14 @@ def _z_options(z_seed: int | None, z_temperature: float | None) -> dict:
     return {"z_seed": z_seed, "z_temperature": z_temperature}
 
 
-@app.command()
-@user_errors
+@batch_command()
 def compress(
     inputs: list[str] = typer.Argument(..., help="images, folders or globs"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output file (one input) or folder "
-                                          "(default: x.ilc beside each input x.png)"),
+    output: Optional[Path] = _output_opt("file", "x.ilc beside each input x.png"),
     model: Optional[str] = ModelOpt,
     quality: Optional[int] = typer.Option(None, "--quality", "-q", help="shipped quality level (1 = smallest "
                                           "files; default 2); not with --model"),
-    backend: Optional[str] = BackendOpt,
-    precision: Optional[str] = PrecisionOpt,
-    device: Optional[str] = DeviceOpt,
-    provider: Optional[str] = ProviderOpt,
-    threads: Optional[int] = ThreadsOpt,
+    run: Backend = None,
     z_seed: Optional[int] = typer.Option(None, help="decode with a seeded z ~ N(0, T^2) instead of z = 0 "
                                          "(needs --z-temperature)"),
     z_temperature: Optional[float] = typer.Option(None, help="T > 0 for --z-seed; lowers PSNR"),
@@ -100,113 +127,58 @@ def compress(
                                        "0 = never tile; default 1024): larger images are coded tile by tile"),
     force: bool = ForceOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
-    engine: str = EngineOpt,
-    ray_address: Optional[str] = RayAddressOpt,
-    workers: Optional[int] = WorkersOpt,
+    eng: Engine = None,
 ):
     """Compress images to .ilc bitstreams."""
     from ..pipeline.tiling import check_tile_option
 
-    _check_counts(threads, jobs)
+    opts = run.options()
+    _check_jobs(jobs)
     try:
         check_tile_option(tile)
     except ValueError as e:
         raise api.UsageError(str(e)) from None
     zopts = _z_options(z_seed, z_temperature)
     _set_max_pixels(max_pixels)
-    eng = open_engine(engine, ray_address, workers, jobs)
+    batch = eng.open(jobs)
     files = api.expand_inputs(inputs, api.IMAGE_SUFFIXES)
     if not files:
         fail("no input images found")
     dsts = api.plan_outputs(files, output, api.BITSTREAM_SUFFIX, force)
-    if eng.name != "local":  # the actors open the model; this process only resolves it
-        job = ray_job("compress", model, quality, backend, precision, _backend_options(threads, device, provider),
-                      force, max_pixels, tile=tile, **zopts)
-    else:
-        codec = api.open_codec(model, quality, backend, precision, **_backend_options(threads, device, provider))
+    job = batch_job("compress", model, quality, run.backend, run.precision, opts, force, max_pixels, tile=tile, **zopts)
 
     def done(src, dst, r):
         for n in r.notes or []:
             note(f"{src}: {n}")
         return f"{src} -> {dst}  {r.stats.num_bytes} bytes  {r.stats.bpp:.4f} bpp  {r.stats.total_time * 1000:.0f} ms"
 
-    if eng.name != "local":
-        return engine_batch("compress", eng, job, list(zip(files, dsts)), done)
-    _batch("compress", files, dsts,
-           lambda src, dst: api.compress_file(codec, src, dst, overwrite=force, tile=tile, **zopts),
-           done, jobs)
+    engine_batch("compress", batch, job, list(zip(files, dsts)), done)
 
 
-def _batch(name, files, dsts, work, describe, jobs: int = 1):
-    """Run `work` over files with a progress bar; report each failure, finish the rest, exit 1 if any failed.
-
-    jobs > 1 runs files concurrently in threads sharing one model: the backends and numpy
-    release the GIL, so this helps when each image alone cannot use every core.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    failed = 0
-    pool = ThreadPoolExecutor(jobs) if jobs > 1 else None
-    try:
-        with progress() as prog:
-            task = prog.add_task(name, total=len(files), info="")
-            todo = list(zip(files, dsts))
-            if pool is None:
-                results = ((src, dst, work(src, dst)) for src, dst in todo)
-            else:
-                futs = [(src, dst, pool.submit(work, src, dst)) for src, dst in todo]
-                results = ((src, dst, f.result()) for src, dst, f in futs)  # report in input order
-            for src, dst, r in results:
-                if r.error:
-                    failed += 1
-                    console.print("[red]error:[/] " + _escape(r.error), highlight=False)
-                else:
-                    out.print(describe(src, dst, r), highlight=False, markup=False)
-                prog.update(task, advance=1, info=src.name)
-    finally:
-        if pool is not None:  # on Ctrl-C: drop what has not started, let running files finish atomically
-            pool.shutdown(wait=True, cancel_futures=True)
-    if failed:
-        if len(files) == 1:  # its error line said it all
-            raise typer.Exit(1)
-        fail(f"{failed} of {len(files)} files failed")
-
-
-@app.command()
-@user_errors
+@batch_command()
 def decompress(
     inputs: list[str] = typer.Argument(..., help=".ilc files, folders or globs"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output image (one input) or folder "
-                                          "(default: x.decoded.png beside each input x.ilc)"),
+    output: Optional[Path] = _output_opt("image", "x.decoded.png beside each input x.ilc"),
     model: Optional[str] = ModelOpt,
-    backend: Optional[str] = BackendOpt,
-    precision: Optional[str] = PrecisionOpt,
-    device: Optional[str] = DeviceOpt,
-    provider: Optional[str] = ProviderOpt,
-    threads: Optional[int] = ThreadsOpt,
+    run: Backend = None,
     reference: Optional[Path] = typer.Option(None, "--reference", help="original image: print PSNR against it"),
     jobs: int = JobsOpt,
     force: bool = ForceOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
-    engine: str = EngineOpt,
-    ray_address: Optional[str] = RayAddressOpt,
-    workers: Optional[int] = WorkersOpt,
+    eng: Engine = None,
 ):
     """Decompress .ilc bitstreams to PNG (the model is found from the id in each file)."""
-    _check_counts(threads, jobs)
+    opts = run.options()
+    _check_jobs(jobs)
     _set_max_pixels(max_pixels)
-    eng = open_engine(engine, ray_address, workers, jobs)
+    batch = eng.open(jobs)
     files = api.expand_inputs(inputs, {api.BITSTREAM_SUFFIX})
     if not files:
         fail("no input bitstreams found")
     if reference is not None and len(files) != 1:
         raise api.UsageError("--reference needs exactly one input file")
     dsts = api.plan_outputs(files, output, ".png", force)
-    if eng.name != "local":
-        job = ray_job("decompress", model, None, backend, precision, _backend_options(threads, device, provider),
-                      force, max_pixels)
-    else:
-        cache = api.CodecCache(model, backend, precision=precision, **_backend_options(threads, device, provider))
+    job = batch_job("decompress", model, None, run.backend, run.precision, opts, force, max_pixels)
 
     def done(src, dst, r):
         msg = f"{src} -> {dst}  {r.stats.width}x{r.stats.height}  {r.stats.total_time * 1000:.0f} ms"
@@ -217,9 +189,7 @@ def decompress(
             msg += f"  PSNR {psnr(load_rgb(reference)[0], load_rgb(dst)[0]):.2f} dB  {r.stats.bpp:.4f} bpp"
         return msg
 
-    if eng.name != "local":
-        return engine_batch("decompress", eng, job, list(zip(files, dsts)), done)
-    _batch("decompress", files, dsts, lambda src, dst: api.decompress_file(cache, src, dst, overwrite=force), done, jobs)
+    engine_batch("decompress", batch, job, list(zip(files, dsts)), done)
 
 
 @app.command()
@@ -249,30 +219,24 @@ def demo(
     )
 
 
-@app.command("eval")
-@user_errors
+@batch_command("eval")
 def eval_cmd(
     directory: Path = typer.Argument(..., help="folder of images (e.g. Kodak)"),
     json_out: Path = typer.Option(..., "--json", help="results JSON (CompressAI format)"),
     qualities: Optional[str] = typer.Option(None, "--quality", "-q", help="comma list (default: every shipped quality)"),
-    backend: Optional[str] = BackendOpt,
     model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="one model per point instead of shipped "
                                               "qualities (checkpoint, export / engine folder or shipped name)"),
-    precision: Optional[str] = PrecisionOpt,
-    device: Optional[str] = DeviceOpt,
-    provider: Optional[str] = ProviderOpt,
-    threads: Optional[int] = ThreadsOpt,
+    run: Backend = None,
     limit: Optional[int] = typer.Option(None, help="only the first N images"),
     force: bool = ForceOpt,
-    engine: str = EngineOpt,
-    ray_address: Optional[str] = RayAddressOpt,
-    workers: Optional[int] = WorkersOpt,
+    eng: Engine = None,
 ):
     """Compress + decompress every image through real files; report bpp, PSNR, MS-SSIM, times."""
     from ..pipeline.models import resolve
     from ..verify.rd import evaluate_codec, write_results_json
 
-    _check_counts(threads)
+    opts = run.options()
+    backend, precision = run.backend, run.precision
     if model and qualities:
         raise api.UsageError("give either --model or --quality, not both")
     if json_out.exists() and not force:
@@ -293,18 +257,17 @@ def eval_cmd(
     if len(backends) != 1:
         raise api.UsageError(f"the models run on different backends ({', '.join(sorted(backends))}); pass --backend")
     be = backends.pop()
-    opts = _backend_options(threads, device, provider)
     if precision is not None:
         opts["precision"] = precision
-    eng = open_engine(engine, ray_address, workers)
+    batch = eng.open()
     summary = []
     try:
         with progress() as prog:
             res = evaluate_codec(directory, models=[r.source for r in resolved], backend=be, limit=limit,
-                                 progress=prog, engine=eng, on_summary=summary.append, **opts)
+                                 progress=prog, engine=batch, on_summary=summary.append, **opts)
     finally:
-        eng.close()
-    if summary and eng.name != "local":
+        batch.close()
+    if summary and batch.remote:
         print_summary(summary[0])
     write_results_json(res, json_out)
     r = res["results"]
@@ -346,12 +309,6 @@ def report(
         if v is not None:
             out.print(f"{r['codec']}: BD-rate vs Pillow JPEG (PSNR) {v:+.1f}%", highlight=False)
     out.print(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}")
-
-
-def _escape(s: str) -> str:
-    from rich.markup import escape
-
-    return escape(s)
 
 
 def main():

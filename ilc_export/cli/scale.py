@@ -1,7 +1,5 @@
-"""`--engine local|ray` for ilc-run's batch commands: the options and the loop over run_batch.
-
-Kept apart from run_cli so the commands only add options and one branch each.
-"""
+"""`--engine local|ray` for ilc-run's batch commands: the options, the Job, and the display
+of ``run_batch``'s results (the batch itself runs in ``ilc_export.scale``, for both engines)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,10 +41,10 @@ def open_engine(engine: str, address: str | None, workers: int | None, jobs: int
         fail(str(e))
 
 
-def ray_job(kind: str, model, quality, backend, precision, options: dict, force: bool, max_pixels, **code) -> Job:
-    """The Job for a Ray batch: the model and backend are resolved here, by the rule the local
-    engine applies, so every actor runs what this machine would; Pillow's limit travels along
-    (actors are other processes)."""
+def batch_job(kind: str, model, quality, backend, precision, options: dict, force: bool, max_pixels, **code) -> Job:
+    """The Job for a batch: the model and backend are resolved here, so a wrong model is one
+    error before any file and every worker (a Ray actor too) runs what this machine would;
+    Pillow's limit travels along (actors are other processes)."""
     from ..pipeline.models import normalise_backend, resolve, search_roots
 
     search = None
@@ -73,12 +71,13 @@ def print_summary(s: Summary) -> None:
 
 def engine_batch(name: str, engine, job: Job, todo: list[tuple[Path, Path]],
                  describe: Callable[[Path, Path, object], str]) -> Summary:
-    """Like the local batch loop, on any engine: one progress bar, one line per file as it
-    finishes, a closing summary (images/s, MB/s, failures by file); exit 1 if any failed."""
+    """A batch on any engine: one progress bar, one line per file (in input order on an
+    ordered engine, else as it finishes), a closing summary on a remote engine (images/s,
+    MB/s, failures by file); exit 1 if any failed."""
     items = [Item(src, dst) for src, dst in todo]
     try:
         with progress() as prog:
-            task = prog.add_task(f"{name} ({engine.name})", total=len(items), info="")
+            task = prog.add_task(f"{name} ({engine.name})" if engine.remote else name, total=len(items), info="")
 
             def on_result(r, done, total):
                 if r.error:
@@ -87,10 +86,13 @@ def engine_batch(name: str, engine, job: Job, todo: list[tuple[Path, Path]],
                     out.print(describe(r.item.src, r.item.dst, r.value), highlight=False, markup=False)
                 prog.update(task, advance=1, info=r.item.src.name)
 
-            s = run_batch(engine, job, items, on_result).summary
+            s = run_batch(engine, job, items, on_result, ordered=engine.ordered).summary
     finally:
         engine.close()
-    print_summary(s)
+    if engine.remote:
+        print_summary(s)
     if s.failures:
+        if len(items) == 1 and not engine.remote:  # its error line said it all
+            raise typer.Exit(1)
         fail(f"{len(s.failures)} of {len(items)} files failed")
     return s

@@ -1,8 +1,10 @@
 """Errors of the codec core."""
 from __future__ import annotations
 
+from ..errors import IlcError
 
-class BitstreamError(ValueError):
+
+class BitstreamError(IlcError, ValueError):
     """A file or stream cannot be decoded: truncated, corrupted, from another model or a
     newer format. The message is one line naming the problem."""
 
@@ -10,5 +12,5 @@ class BitstreamError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
-class TablesError(ValueError):
+class TablesError(IlcError, ValueError):
     """A checkpoint's codec tables are missing, incomplete or inconsistent."""

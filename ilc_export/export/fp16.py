@@ -37,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..contract.graphs import FP32_GRAPHS  # never converted: the fp32 file serves both precisions
+from ..errors import IlcError
 
 FLOAT = TensorProto.FLOAT
 FLOAT16 = TensorProto.FLOAT16
@@ -61,7 +62,7 @@ FP32_SCOPES = ("/h_a/",)
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
-class Fp16Error(RuntimeError):
+class Fp16Error(IlcError, RuntimeError):
     pass
 
 

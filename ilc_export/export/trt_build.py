@@ -42,6 +42,7 @@ from ..contract.manifest import ENGINE_FORMAT as FORMAT
 from ..contract.manifest import (FORMAT_VERSIONS, ONNX_FORMAT, ManifestError, manifest_format, read_manifest,
                                  write_manifest)
 from ..contract.manifest import MANIFEST_NAME as MANIFEST
+from ..errors import IlcError
 from .trt_flavours import BuildFlavour, detect
 
 FORMAT_VERSION = FORMAT_VERSIONS[FORMAT]
@@ -54,7 +55,7 @@ DEFAULT_MAX_SHAPE = (1, 2176, 3840)  # 4K UHD padded
 DEFAULT_CCS = ("SM86", "SM89")
 
 
-class BuildError(RuntimeError):
+class BuildError(IlcError, RuntimeError):
     """An engine could not be built (bad input, unsupported option, builder failure)."""
 
 
@@ -105,11 +106,6 @@ def input_shape(name: str, channels: int, bhw: tuple[int, int, int]) -> tuple[in
 
 
 # --------------------------------------------------------------------------- files
-def atomic_write(path: Path, data: bytes | memoryview) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, bytes(data))
-
-
 def load_onnx_manifest(onnx_dir: Path) -> dict:
     """The export's manifest; {} for a folder of .onnx files without one."""
     onnx_dir = Path(onnx_dir)
@@ -380,53 +376,6 @@ def inspect_engine(flavour: BuildFlavour, engine_bytes, targets: list[str], grap
     return {"available": True, "device_cc": cc, "layers": out, "violations": bad, "ok": not bad}
 
 
-# --------------------------------------------------------------------------- progress
-class _RichProgress:
-    """Default display: one bar per build, the current builder phase beside it."""
-
-    def __init__(self, total: int):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True)
-        self.p = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[graph]:<11}"), BarColumn(),
-                          TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), console=self.console,
-                          transient=False)
-        self.total = total
-        self.tasks: dict[str, int] = {}
-        self.depth: dict[str, list[str]] = {}
-
-    def __enter__(self):
-        self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.p.__exit__(*exc)
-
-    def __call__(self, ev: dict):
-        g = ev.get("graph", "")
-        kind = ev["event"]
-        if kind == "graph_start":
-            self.tasks[g] = self.p.add_task("", total=1.0, graph=g, phase="parsing")
-            self.depth[g] = []
-        elif kind == "phase_start" and g in self.tasks:
-            self.depth[g].append(ev["phase"])
-            self.p.update(self.tasks[g], phase=" > ".join(self.depth[g][-2:]))
-            if ev.get("parent") is None:
-                self.top_steps = max(1, ev.get("steps", 1))
-        elif kind == "step" and g in self.tasks and self.depth[g] and ev["phase"] == self.depth[g][0]:
-            self.p.update(self.tasks[g], completed=min(1.0, (ev["step"] + 1) / getattr(self, "top_steps", 1)))
-        elif kind == "phase_finish" and g in self.tasks:
-            if self.depth[g] and self.depth[g][-1] == ev["phase"]:
-                self.depth[g].pop()
-            self.p.update(self.tasks[g], phase=" > ".join(self.depth[g][-2:]))
-        elif kind == "graph_done" and g in self.tasks:
-            self.p.update(self.tasks[g], completed=1.0,
-                          phase=f"{ev['build_s']:.1f} s, {ev['bytes'] / 2**20:.1f} MiB, {ev['precision']}")
-        elif kind == "message":
-            self.console.print(ev["text"])
-
-
 # --------------------------------------------------------------------------- the build
 def build_engines(onnx_dir: str | Path, out_dir: str | Path, fp16: bool = False, *args, **kw) -> Path:
     """Build one engine per graph of an ONNX export folder into `out_dir`; returns the manifest path.
@@ -483,6 +432,194 @@ def with_fp16_graphs(onnx_dir: Path, manifest: dict, tmp: Path) -> Path:
     return tmp
 
 
+def _check_profile(min_shape, opt_shape, max_shape) -> dict[str, tuple[int, int, int]]:
+    """The optimisation profile's image-space shapes; BuildError unless min <= opt <= max."""
+    shapes = {"min": parse_shape(min_shape), "opt": parse_shape(opt_shape), "max": parse_shape(max_shape)}
+    for k in range(3):
+        if not shapes["min"][k] <= shapes["opt"][k] <= shapes["max"][k]:
+            raise BuildError(
+                "profile must satisfy min <= opt <= max in every dimension; got "
+                + ", ".join(f"{n} {format_shape(s)}" for n, s in shapes.items())
+            )
+    return shapes
+
+
+def _targets(fl: BuildFlavour, compute_capabilities: Iterable[str] | None) -> tuple[list[str], str | None]:
+    """(compute capabilities to build for, the local GPU's or None): tensorrt_rtx builds for the
+    ones asked (default DEFAULT_CCS) without a GPU; full TensorRT for the local GPU only."""
+    try:
+        if fl.supports_target_cc:
+            targets = [normalise_cc(c) for c in (compute_capabilities or DEFAULT_CCS)]
+            for c in targets:
+                fl.cc_enum(c)
+            return targets, None
+        asked = [normalise_cc(c) for c in (compute_capabilities or [])]
+    except FlavourError as e:
+        raise BuildError(str(e)) from e
+    local_cc = cuda_probe.compute_capability(0)
+    if local_cc is None:
+        raise BuildError(
+            f"{fl.describe()} needs a CUDA GPU to build (it builds for the GPU it runs on); "
+            "on a machine without one install tensorrt-rtx-cu12 for CPU-only AOT builds"
+        )
+    if asked and asked != [local_cc]:
+        raise BuildError(
+            f"{fl.describe()} builds for the local GPU ({local_cc}) only; asked for {', '.join(asked)}. "
+            "Build on the target device instead"
+        )
+    return [local_cc], local_cc
+
+
+def _precision_checked(report: dict, g: str, path: Path, typing: str, keep_fp32: bool, check: str,
+                       emit: Callable[[dict], None]) -> None:
+    """Act on a failed fp32-layer check of the parsed network: raise ('error') or report ('warn')."""
+    if report["ok"] or check == "off":
+        return
+    msg = (f"{g}: {len(report['violations'])} layer(s) that must stay fp32 would not: "
+           + ", ".join(report["violations"][:8]) + (" ..." if len(report["violations"]) > 8 else "")
+           + (f"\n  the fp16 ONNX graph {path.name} lacks fp32 islands there (re-export it)"
+              if typing == "strong" and keep_fp32 else ""))
+    if check == "error":
+        raise PrecisionCheckError(msg)
+    emit({"event": "message", "level": "error", "text": f"precision check failed: {msg}"})
+
+
+def _set_profile(builder, config, network, path: Path, shapes: dict) -> dict:
+    """Give every graph input its profile (latents at /16, hyper-latents at /64); returns the record."""
+    profile = builder.create_optimization_profile()
+    record = {}
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        dims = tuple(t.shape)
+        if len(dims) != 4 or dims[1] < 0:
+            raise BuildError(f"{path.name}: input {t.name!r} has shape {dims}; expected (B, C, H, W), C fixed")
+        mm = {k: input_shape(t.name, dims[1], s) for k, s in shapes.items()}
+        for k, s in mm.items():
+            for d, (want, have) in enumerate(zip(s, dims)):
+                if have >= 0 and have != want:
+                    raise BuildError(
+                        f"{path.name}: input {t.name!r} has a fixed dimension {d} = {have}, but the "
+                        f"{k} profile needs {want}; export the graph with dynamic batch/height/width"
+                    )
+        profile.set_shape(t.name, mm["min"], mm["opt"], mm["max"])
+        record[t.name] = {k: list(v) for k, v in mm.items()}
+    config.add_optimization_profile(profile)
+    return record
+
+
+def _tensors(fl: BuildFlavour, network) -> dict:
+    """Name -> mode, dtype and (symbolic) shape of the network's inputs and outputs."""
+    io = {}
+    for mode, n, get in (("input", network.num_inputs, network.get_input),
+                         ("output", network.num_outputs, network.get_output)):
+        for i in range(n):
+            t = get(i)
+            io[t.name] = {"mode": mode, "dtype": fl.dtype_name(t.dtype), "shape": list(t.shape)}
+    return io
+
+
+class _Build:
+    """One engine folder's build: the builder, logger and timing cache its graphs share."""
+
+    def __init__(self, fl: BuildFlavour, out_dir: Path, onnx_manifest: dict, shapes: dict, targets: list[str],
+                 fp16: bool, keep_fp32: bool, check: str, workspace: int | None, timing_cache,
+                 emit: Callable[[dict], None]):
+        self.fl, self.out_dir, self.onnx_manifest, self.shapes, self.targets = fl, out_dir, onnx_manifest, shapes, targets
+        self.fp16, self.keep_fp32, self.check, self.workspace, self.emit = fp16, keep_fp32, check, workspace, emit
+        self.timing_cache = timing_cache if timing_cache is not None and fl.supports_timing_cache else None
+        self.cache = None
+        self.logger = _make_logger(fl.trt)
+        self.builder = fl.trt.Builder(self.logger)
+        self.cancel = threading.Event()
+
+    def _config(self, network, g: str, path: Path, g_fp16: bool) -> tuple[object, dict, dict]:
+        """(builder config, layer precision report, profile record) for one parsed graph."""
+        fl, trt = self.fl, self.fl.trt
+        config = self.builder.create_builder_config()
+        declared = declared_fp32(self.onnx_manifest, g) if self.fp16 else []
+        if fl.typing == "weak" and g_fp16:
+            fl.enable_weak_fp16(config)
+            if self.keep_fp32:
+                _, island = sensitive_layers(fl, network, g, declared)
+                apply_fp32_constraints(fl, network, island)
+        report = layer_precision_report(fl, network, g, g_fp16, fl.typing, declared)
+        if self.fp16:
+            _precision_checked(report, g, path, fl.typing, self.keep_fp32, self.check, self.emit)
+        if fl.supports_target_cc:
+            fl.set_target_ccs(config, self.targets)
+        prof = _set_profile(self.builder, config, network, path, self.shapes)
+        if self.workspace:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(self.workspace))
+        with contextlib.suppress(AttributeError, TypeError):
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for the inspector
+        if self.timing_cache is not None:
+            if self.cache is None:
+                tc = Path(self.timing_cache)
+                self.cache = config.create_timing_cache(tc.read_bytes() if tc.exists() else b"")
+            config.set_timing_cache(self.cache, ignore_mismatch=False)
+        return config, report, prof
+
+    def graph(self, g: str, g_fp16: bool, path: Path) -> dict:
+        """Build one graph's engine, write it and its layer report; returns its manifest entry."""
+        fl = self.fl
+        self.emit({"event": "graph_start", "graph": g, "onnx": str(path)})
+        self.logger.messages.clear()
+        network, _parser = parse_onnx(fl, self.builder, self.logger, path, strongly_typed=(fl.typing == "strong"))
+        config, report, prof = self._config(network, g, path, g_fp16)
+        monitor = None
+        if hasattr(config, "progress_monitor"):
+            monitor = _make_monitor(fl.trt, self.emit, g, self.cancel)
+            config.progress_monitor = monitor
+        t0 = time.perf_counter()
+        blob = self.builder.build_serialized_network(network, config)
+        build_s = time.perf_counter() - t0
+        if blob is None:
+            errs = "\n  ".join(self.logger.errors()[-10:]) or "(no message)"
+            raise BuildError(f"TensorRT could not build {g} from {path.name}:\n  {errs}")
+        engine_file = self.out_dir / f"{g}.engine"
+        write_atomic(engine_file, memoryview(blob))
+        size = engine_file.stat().st_size
+        inspection = inspect_engine(fl, blob, self.targets, g)
+        if inspection.get("available") and not inspection["ok"] and self.fp16 and self.check != "off":
+            msg = f"{g}: the engine runs these fp32-required layers in fp16: {', '.join(inspection['violations'][:8])}"
+            if self.check == "error":
+                engine_file.unlink()
+                raise PrecisionCheckError(msg)
+            self.emit({"event": "message", "level": "error", "text": f"precision check failed: {msg}"})
+        write_atomic(self.out_dir / f"{g}.layers.json",
+                     (json.dumps({"parsed": report, "engine": inspection}, indent=1) + "\n").encode())
+        del blob
+        entry = {
+            "file": engine_file.name,
+            "bytes": size,
+            "sha256": sha256_file(engine_file),
+            "build_s": round(build_s, 3),
+            "precision": "fp16" if g_fp16 else "fp32",
+            "onnx": {"file": path.name, "sha256": sha256_file(path)},
+            "profile": prof,
+            "tensors": _tensors(fl, network),
+            "layers": {
+                "file": f"{g}.layers.json",
+                "counts": report["counts"],
+                "must_fp32": report["must_fp32"],
+                "fp32_check": "passed" if report["ok"] else "FAILED: " + ", ".join(report["violations"][:20]),
+                "engine_inspector": "checked" if inspection.get("available") else inspection["reason"],
+            },
+        }
+        self.emit({"event": "graph_done", "graph": g, "build_s": build_s, "bytes": size,
+                   "precision": entry["precision"], "fp32_check": report["ok"]})
+        del network, _parser, config, monitor
+        return entry
+
+    def save_cache(self) -> bool:
+        """Write the timing cache back (True when there was one)."""
+        if self.cache is None:
+            return False
+        Path(self.timing_cache).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(self.timing_cache), memoryview(self.cache.serialize()))
+        return True
+
+
 def _build_engines(
     onnx_dir: str | Path,
     out_dir: str | Path,
@@ -507,8 +644,9 @@ def _build_engines(
     Shapes are image-space (B, H, W) or 'BxHxW'/'HxW' strings; each graph input gets the matching
     profile (latents at /16, hyper-latents at /64). `compute_capabilities`: targets for
     tensorrt_rtx (default SM86, SM89); with full TensorRT, None (= the local GPU) or exactly
-    the local GPU's. `workspace`: builder workspace limit in bytes. `progress`: None shows a rich
-    progress display on stderr, False nothing, a callable gets event dicts. `keep_fp32=False`
+    the local GPU's. `workspace`: builder workspace limit in bytes. `progress`: a callable that
+    gets event dicts (graph_start, phase_start, step, phase_finish, graph_done, and message with
+    a level and a plain text); None or False: no events (the CLI draws them). `keep_fp32=False`
     drops the fp32 policy (hyper_mean fp32, TensorRT 10 constraints) and exists to show that the
     precision check catches it. `check`: 'error' (raise PrecisionCheckError), 'warn' or 'off'.
     """
@@ -520,192 +658,30 @@ def _build_engines(
         fl = flavour if isinstance(flavour, BuildFlavour) else detect(flavour)
     except FlavourError as e:
         raise BuildError(str(e)) from e
-    trt = fl.trt
-    shapes = {"min": parse_shape(min_shape), "opt": parse_shape(opt_shape), "max": parse_shape(max_shape)}
-    for k in range(3):
-        if not shapes["min"][k] <= shapes["opt"][k] <= shapes["max"][k]:
-            raise BuildError(
-                "profile must satisfy min <= opt <= max in every dimension; got "
-                + ", ".join(f"{n} {format_shape(s)}" for n, s in shapes.items())
-            )
+    shapes = _check_profile(min_shape, opt_shape, max_shape)
     graphs = tuple(graphs)
     unknown = set(graphs) - set(GRAPH_NAMES)
     if unknown:
         raise BuildError(f"unknown graphs {sorted(unknown)}; the export has {', '.join(GRAPH_NAMES)}")
     onnx_manifest = load_onnx_manifest(onnx_dir)
-
-    # targets
-    local_cc = None
-    if fl.supports_target_cc:
-        try:
-            targets = [normalise_cc(c) for c in (compute_capabilities or DEFAULT_CCS)]
-            for c in targets:
-                fl.cc_enum(c)
-        except FlavourError as e:
-            raise BuildError(str(e)) from e
-    else:
-        try:
-            asked = [normalise_cc(c) for c in (compute_capabilities or [])]
-        except FlavourError as e:
-            raise BuildError(str(e)) from e
-        local_cc = cuda_probe.compute_capability(0)
-        if local_cc is None:
-            raise BuildError(
-                f"{fl.describe()} needs a CUDA GPU to build (it builds for the GPU it runs on); "
-                "on a machine without one install tensorrt-rtx-cu12 for CPU-only AOT builds"
-            )
-        if asked and asked != [local_cc]:
-            raise BuildError(
-                f"{fl.describe()} builds for the local GPU ({local_cc}) only; asked for {', '.join(asked)}. "
-                "Build on the target device instead"
-            )
-        targets = [local_cc]
-
-    # files to build
-    plan = []
+    targets, local_cc = _targets(fl, compute_capabilities)
+    plan = []  # (graph, fp16 engine?, ONNX file)
     for g in graphs:
         g_fp16 = fp16 and (g not in FP32_GRAPHS or not keep_fp32)
-        use_fp16_onnx = g_fp16 and fl.typing == "strong"
-        path = find_onnx(onnx_dir, g, use_fp16_onnx, onnx_manifest)
-        plan.append((g, g_fp16, path))
-
-    emit: Callable[[dict], None]
-    display = None
-    if progress is None:
-        display = _RichProgress(len(plan))
-        emit = display
-    elif progress is False:
-        emit = lambda ev: None
-    else:
-        emit = progress
+        plan.append((g, g_fp16, find_onnx(onnx_dir, g, g_fp16 and fl.typing == "strong", onnx_manifest)))
+    emit: Callable[[dict], None] = progress if callable(progress) else (lambda ev: None)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # a half-rebuilt folder must not look complete: the manifest goes first and comes back last
     with contextlib.suppress(FileNotFoundError):
         (out_dir / MANIFEST).unlink()
-
-    logger = _make_logger(trt)
-    builder = trt.Builder(logger)
-    cache = None
+    build = _Build(fl, out_dir, onnx_manifest, shapes, targets, fp16, keep_fp32, check, workspace, timing_cache, emit)
     cache_note = None
     if timing_cache is not None and not fl.supports_timing_cache:
         cache_note = f"{fl.name} {fl.version} has no timing cache (its calls are no-ops); ignored"
-
-    engines: dict[str, dict] = {}
-    cancel = threading.Event()
-    with display if display is not None else contextlib.nullcontext():
-        if cache_note:
-            emit({"event": "message", "text": f"[yellow]note:[/] {cache_note}"})
-        for g, g_fp16, path in plan:
-            emit({"event": "graph_start", "graph": g, "onnx": str(path)})
-            logger.messages.clear()
-            typing = fl.typing
-            network, _parser = parse_onnx(fl, builder, logger, path, strongly_typed=(typing == "strong"))
-            config = builder.create_builder_config()
-            declared = declared_fp32(onnx_manifest, g) if fp16 else []
-            if typing == "weak" and g_fp16:
-                fl.enable_weak_fp16(config)
-                if keep_fp32:
-                    _, island = sensitive_layers(fl, network, g, declared)
-                    apply_fp32_constraints(fl, network, island)
-            report = layer_precision_report(fl, network, g, g_fp16, typing, declared)
-            if fp16 and not report["ok"] and check != "off":
-                msg = (
-                    f"{g}: {len(report['violations'])} layer(s) that must stay fp32 would not: "
-                    + ", ".join(report["violations"][:8])
-                    + (" ..." if len(report["violations"]) > 8 else "")
-                    + (
-                        f"\n  the fp16 ONNX graph {path.name} lacks fp32 islands there (re-export it)"
-                        if typing == "strong" and keep_fp32
-                        else ""
-                    )
-                )
-                if check == "error":
-                    raise PrecisionCheckError(msg)
-                emit({"event": "message", "text": f"[red]precision check failed:[/] {msg}"})
-            # targets, profile, memory, cache, progress
-            if fl.supports_target_cc:
-                fl.set_target_ccs(config, targets)
-            profile = builder.create_optimization_profile()
-            prof_record = {}
-            for i in range(network.num_inputs):
-                t = network.get_input(i)
-                dims = tuple(t.shape)
-                if len(dims) != 4 or dims[1] < 0:
-                    raise BuildError(f"{path.name}: input {t.name!r} has shape {dims}; expected (B, C, H, W), C fixed")
-                mm = {k: input_shape(t.name, dims[1], s) for k, s in shapes.items()}
-                for k, s in mm.items():
-                    for d, (want, have) in enumerate(zip(s, dims)):
-                        if have >= 0 and have != want:
-                            raise BuildError(
-                                f"{path.name}: input {t.name!r} has a fixed dimension {d} = {have}, but the "
-                                f"{k} profile needs {want}; export the graph with dynamic batch/height/width"
-                            )
-                profile.set_shape(t.name, mm["min"], mm["opt"], mm["max"])
-                prof_record[t.name] = {k: list(v) for k, v in mm.items()}
-            config.add_optimization_profile(profile)
-            if workspace:
-                config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
-            with contextlib.suppress(AttributeError, TypeError):
-                config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for the inspector
-            if timing_cache is not None and fl.supports_timing_cache:
-                if cache is None:
-                    tc = Path(timing_cache)
-                    cache = config.create_timing_cache(tc.read_bytes() if tc.exists() else b"")
-                config.set_timing_cache(cache, ignore_mismatch=False)
-            monitor = None
-            if hasattr(config, "progress_monitor"):
-                monitor = _make_monitor(trt, emit, g, cancel)
-                config.progress_monitor = monitor
-            t0 = time.perf_counter()
-            blob = builder.build_serialized_network(network, config)
-            build_s = time.perf_counter() - t0
-            if blob is None:
-                errs = "\n  ".join(logger.errors()[-10:]) or "(no message)"
-                raise BuildError(f"TensorRT could not build {g} from {path.name}:\n  {errs}")
-            engine_file = out_dir / f"{g}.engine"
-            atomic_write(engine_file, memoryview(blob))
-            size = engine_file.stat().st_size
-            inspection = inspect_engine(fl, blob, targets, g)
-            if inspection.get("available") and not inspection["ok"] and fp16 and check != "off":
-                msg = f"{g}: the engine runs these fp32-required layers in fp16: {', '.join(inspection['violations'][:8])}"
-                if check == "error":
-                    engine_file.unlink()
-                    raise PrecisionCheckError(msg)
-                emit({"event": "message", "text": f"[red]precision check failed:[/] {msg}"})
-            atomic_write(out_dir / f"{g}.layers.json",
-                         (json.dumps({"parsed": report, "engine": inspection}, indent=1) + "\n").encode())
-            del blob
-            io = {}
-            for i in range(network.num_inputs):
-                t = network.get_input(i)
-                io[t.name] = {"mode": "input", "dtype": fl.dtype_name(t.dtype), "shape": list(t.shape)}
-            for i in range(network.num_outputs):
-                t = network.get_output(i)
-                io[t.name] = {"mode": "output", "dtype": fl.dtype_name(t.dtype), "shape": list(t.shape)}
-            engines[g] = {
-                "file": engine_file.name,
-                "bytes": size,
-                "sha256": sha256_file(engine_file),
-                "build_s": round(build_s, 3),
-                "precision": "fp16" if g_fp16 else "fp32",
-                "onnx": {"file": path.name, "sha256": sha256_file(path)},
-                "profile": prof_record,
-                "tensors": io,
-                "layers": {
-                    "file": f"{g}.layers.json",
-                    "counts": report["counts"],
-                    "must_fp32": report["must_fp32"],
-                    "fp32_check": "passed" if report["ok"] else "FAILED: " + ", ".join(report["violations"][:20]),
-                    "engine_inspector": "checked" if inspection.get("available") else inspection["reason"],
-                },
-            }
-            emit({"event": "graph_done", "graph": g, "build_s": build_s, "bytes": size,
-                  "precision": engines[g]["precision"], "fp32_check": report["ok"]})
-            del network, _parser, config, monitor
-
-    if cache is not None:
-        atomic_write(Path(timing_cache), memoryview(cache.serialize()))
+        emit({"event": "message", "level": "note", "text": cache_note})
+    engines = {g: build.graph(g, g_fp16, path) for g, g_fp16, path in plan}
+    cached = build.save_cache()
 
     copied = _copy_model_files(onnx_dir, out_dir, onnx_manifest)
     manifest = {
@@ -721,7 +697,7 @@ def _build_engines(
         "fp32_policy": {"graphs": list(FP32_GRAPHS), "ops": ["Sigmoid", "Exp"], "applied": keep_fp32},
         "profile": {k: list(v) for k, v in shapes.items()},  # image-space (B, H, W)
         "workspace_bytes": workspace,
-        "timing_cache": (str(timing_cache) if cache is not None else cache_note),
+        "timing_cache": (str(timing_cache) if cached else cache_note),
         "engines": engines,
         "onnx_dir": str(record_dir or onnx_dir),
         "fp16_graphs": fp16_source if fp16 else None,
@@ -794,20 +770,3 @@ def parse_size(s: str | int | None) -> int | None:
         raise BuildError(f"bad size {s!r}: write e.g. 2G, 512M or a byte count")
     mult = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2)]
     return int(float(m.group(1)) * mult)
-
-
-def summary_table(manifest_path: Path):
-    """A rich Table of a finished build: graph, precision, build time, size, fp32 check."""
-    from rich.table import Table
-
-    m = json.loads(Path(manifest_path).read_text())
-    t = Table(title=f"{m['flavour']} {m['trt_version']}  targets {', '.join(m['compute_capabilities'])}  "
-                    f"profile {format_shape(m['profile']['min'])} .. {format_shape(m['profile']['opt'])} .. "
-                    f"{format_shape(m['profile']['max'])} (BxHxW)")
-    for c in ("graph", "precision", "build s", "engine MiB", "layers", "fp32 check"):
-        t.add_column(c)
-    for g, e in m["engines"].items():
-        t.add_row(g, e["precision"], f"{e['build_s']:.2f}", f"{e['bytes'] / 2**20:.2f}",
-                  " ".join(f"{k}:{v}" for k, v in sorted(e["layers"]["counts"].items())),
-                  e["layers"]["fp32_check"])
-    return t

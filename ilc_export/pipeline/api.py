@@ -8,14 +8,16 @@ import io
 import os
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..backends import load_backend
 from ..codec.bitstream import unpack
-from ..contract.files import file_mode_for
+from ..contract.files import file_mode_for, write_atomic
 from ..codec.errors import BitstreamError
+from ..errors import IlcError
 from .codec import ImageCodec, Stats
 from .image_io import IMAGE_SUFFIXES, ImageError, load_rgb
 from .models import ModelNotFound, UsageError, find_model, normalise_backend, resolve
@@ -25,11 +27,11 @@ BITSTREAM_SUFFIX = ".ilc"
 DECODED_SUFFIX = ".decoded.png"
 
 
-class OutputError(OSError):
+class OutputError(IlcError, OSError):
     """An output file cannot be written where asked (exists, unwritable folder, clash)."""
 
 
-class CodingError(ValueError):
+class CodingError(IlcError, ValueError):
     """One file failed to compress or decompress (the message names it and the reason)."""
 
 
@@ -202,8 +204,11 @@ def write_output(path: str | Path, data: bytes, overwrite: bool = True) -> Path:
 
 
 def _write_portable(path: Path, data: bytes, overwrite: bool) -> Path:
-    """Unique temporary file in the target folder, fsync, then rename (overwrite) or link
-    (no overwrite: fails if the target exists); the temporary file is removed on any exception."""
+    """Replacing: ``write_atomic``. Not replacing: a unique temporary file in the target folder,
+    fsync, then a link to the final name (fails if the target exists); the temporary file is
+    removed on any exception."""
+    if overwrite:
+        return write_atomic(path, data)
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
@@ -212,11 +217,8 @@ def _write_portable(path: Path, data: bytes, overwrite: bool) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode_for(path))
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:  # renamed away on success; still there after a link or a failure
+        os.link(tmp, path)
+    finally:  # still there after the link or a failure
         try:
             os.unlink(tmp)
         except FileNotFoundError:
@@ -282,6 +284,28 @@ def decompress_file(codec_for: Callable[[bytes], ImageCodec], src: Path, dst: Pa
     return FileResult(src, dst, st)
 
 
+def evaluate_image(codec, f: Path, mid: str, tmp: Path) -> dict:
+    """One image through a real file: compress, write, read back, decompress, measure.
+
+    The per-image record of the results JSON; every engine computes it with this function."""
+    from .metrics import ms_ssim, psnr
+
+    img, _ = load_rgb(f)
+    t0 = time.perf_counter()
+    data, est = codec.compress(img)
+    bit = Path(tmp) / (f.stem + BITSTREAM_SUFFIX)
+    write_output(bit, data)
+    t1 = time.perf_counter()
+    rec, dst = codec.decompress(bit.read_bytes())
+    t2 = time.perf_counter()
+    n = bit.stat().st_size
+    bit.unlink()
+    return {"image": f.name, "bpp": 8 * n / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec),
+            "ms_ssim": ms_ssim(img, rec), "enc": t1 - t0, "dec": t2 - t1,
+            "enc_entropy": est.times.get("entropy", 0.0), "dec_entropy": dst.times.get("entropy", 0.0),
+            "bytes": n, "model": codec.cfg.name, "model_id": mid}
+
+
 class CodecCache:
     """Decoders keyed by the model id found in each file (decompress without --model)."""
 
@@ -312,12 +336,8 @@ class CodecCache:
         return self._by_id[mid]
 
 
-def default_threads() -> int:
-    return max(1, (os.cpu_count() or 1))
-
-
 __all__ = [
     "BITSTREAM_SUFFIX", "DECODED_SUFFIX", "IMAGE_SUFFIXES", "OutputError", "CodingError", "UsageError", "open_codec",
     "expand_inputs", "output_path", "plan_outputs", "unique_path", "default_output", "compress_file",
-    "decompress_file", "CodecCache", "FileResult", "write_output", "encode_image",
+    "decompress_file", "evaluate_image", "CodecCache", "FileResult", "write_output", "encode_image",
 ]

@@ -10,8 +10,6 @@ Policy (docs/usage.md):
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,12 +17,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..contract.geometry import PAD_MULTIPLE
+from ..errors import IlcError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp", ".gif", ".tga"}
 MAX_SIDE = 65535  # the bitstream stores sizes as u16
 
 
-class ImageError(ValueError):
+class ImageError(IlcError, ValueError):
     """An input that cannot be coded, with a one-line reason."""
 
 
@@ -91,22 +90,6 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> np.ndarray:
             notes.append(f"{mode} converted to RGB")
         im = im.convert("RGB")
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
-
-
-def save_rgb(path: str | Path, arr: np.ndarray) -> None:
-    """Write an 8-bit RGB image atomically; the format follows the suffix (PNG default)."""
-    path = Path(path)
-    fmt = None if path.suffix else "PNG"
-    data = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), "RGB")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            data.save(f, format=fmt or Image.registered_extensions().get(path.suffix.lower(), "PNG"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def pad_to_multiple(arr: np.ndarray, multiple: int) -> np.ndarray:

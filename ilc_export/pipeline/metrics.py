@@ -1,4 +1,4 @@
-"""PSNR and MS-SSIM on 8-bit RGB (SPEC section 5), numpy only."""
+"""PSNR and MS-SSIM on 8-bit RGB, numpy only."""
 from __future__ import annotations
 
 import numpy as np

@@ -132,11 +132,15 @@ class Engine(Protocol):
     """Runs a job over items and yields each ItemResult as it completes (any order).
 
     ``workers`` is how many workers the last run used; ``startup_seconds`` how long the
-    first of them took to be ready (model loaded)."""
+    first of them took to be ready (model loaded). ``ordered``: front ends report results
+    in input order (a batch here reads like a loop over the files); ``remote``: workers are
+    other processes or machines, so start-up and throughput are worth a summary line."""
 
     name: str
     workers: int
     startup_seconds: float
+    ordered: bool
+    remote: bool
 
     def run(self, job: Job, items: list[Item]) -> Iterator[ItemResult]: ...
 
@@ -226,7 +230,7 @@ class Worker:
                                             overwrite=self.job.overwrite)
                 res.error = res.value.error
             else:
-                from ..verify.rd import evaluate_image
+                from ..pipeline.api import evaluate_image
 
                 codec = self._codec(Path(item.model))
                 with tempfile.TemporaryDirectory(prefix="ilc-eval-") as tmp:
@@ -247,6 +251,8 @@ class LocalEngine:
     """This process: one Worker, ``jobs`` files at a time in threads sharing its model."""
 
     name = "local"
+    ordered = True
+    remote = False
 
     def __init__(self, jobs: int = 1):
         self.jobs = max(1, int(jobs))
@@ -290,33 +296,28 @@ class LocalEngine:
         pass
 
 
-def make_engine(name: str = "local", *, jobs: int = 1, address: str | None = None,
-                workers: int | None = None, **ray_options) -> Engine:
-    """``local`` or ``ray``; asking for ray without it installed raises a one-line error
-    (``EngineUnavailable``) that says what to install."""
-    if name == "local":
-        return LocalEngine(jobs)
-    if name == "ray":
-        from .ray_engine import RayEngine
-
-        return RayEngine(address=address, workers=workers, **ray_options)
-    raise ValueError(f"unknown engine {name!r}; one of {', '.join(ENGINES)}")
-
-
 def run_batch(engine: Engine, job: Job, items: list[Item],
-              on_result: Callable[[ItemResult, int, int], None] | None = None) -> BatchResult:
+              on_result: Callable[[ItemResult, int, int], None] | None = None,
+              ordered: bool = False) -> BatchResult:
     """Run ``job`` over ``items`` on ``engine``; call ``on_result(result, done, total)`` as each
-    file finishes (for one progress bar); return results in input order and a summary."""
+    file finishes (for one progress bar; ordered: in input order, each result as soon as the
+    ones before it are in); return results in input order and a summary."""
     t0 = time.perf_counter()
     results: list[ItemResult | None] = [None] * len(items)
     gen = engine.run(job, items)
     try:
-        done = 0
+        done = reported = 0
         for r in gen:
             results[r.index] = r
             done += 1
-            if on_result is not None:
+            if on_result is None:
+                continue
+            if not ordered:
                 on_result(r, done, len(items))
+                continue
+            while reported < len(items) and results[reported] is not None:
+                reported += 1
+                on_result(results[reported - 1], reported, len(items))
     finally:
         close = getattr(gen, "close", None)
         if close is not None:

@@ -25,12 +25,14 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import IlcError
+
 from .engine import Item, ItemResult, Job, Worker
 
 INSTALL_HINT = "pip install 'ilc-export[ray]'"
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(IlcError, RuntimeError):
     """The requested engine's package is not installed (one line, says what to install)."""
 
 
@@ -79,6 +81,8 @@ class RayEngine:
     cluster has GPUs and the backend runs on one, else 0 (see ``plan``)."""
 
     name = "ray"
+    ordered = False
+    remote = True
 
     def __init__(self, address: str | None = None, workers: int | None = None, *,
                  cpus_per_worker: int | None = None, gpus_per_worker: float | None = None,

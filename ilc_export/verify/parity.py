@@ -1,4 +1,5 @@
-"""Parity of an ONNX export against the PyTorch reference it was exported from.
+"""Parity of two runners of one model: ``compare_runners`` for any pair of backends, and
+``verify_export`` for an ONNX export against the PyTorch reference it was exported from.
 
 For every precision (fp32, fp16) and image:
 
@@ -25,6 +26,7 @@ from ..contract.geometry import PAD_MULTIPLE
 from ..contract.graphs import GRAPHS
 from ..contract.manifest import ManifestError, read_manifest, verify_files
 from ..contract.model_id import model_id_of_file
+from ..errors import IlcError
 
 PSNR_CAP = 100.0
 
@@ -36,7 +38,7 @@ DEFAULT_TOLERANCES = {
 }
 
 
-class VerifyError(RuntimeError):
+class VerifyError(IlcError, RuntimeError):
     pass
 
 
@@ -105,7 +107,7 @@ def _find_checkpoint(export_dir: Path, manifest: dict, ckpt: Path | None) -> Pat
     return ckpt
 
 
-def _compare(ref: dict, got: dict, tol: dict) -> dict:
+def _compare(ref: dict, got: dict, tol: dict, names: tuple[str, str] = ("torch", "onnxruntime")) -> dict:
     """Per output: max/mean abs error, max rel error, pass (Polygraphy comparator when present)."""
     res = {}
     poly = None
@@ -117,8 +119,8 @@ def _compare(ref: dict, got: dict, tol: dict) -> dict:
         func = SimpleCompareFunc(atol={"": tol["atol"]}, rtol={"": tol["rtol"]}, check_error_stat="max")
         nonempty = {k for k in ref if ref[k].size}
         poly = func(
-            IterationResult({k: ref[k] for k in nonempty}, runner_name="torch"),
-            IterationResult({k: got[k] for k in nonempty}, runner_name="onnxruntime"),
+            IterationResult({k: ref[k] for k in nonempty}, runner_name=names[0]),
+            IterationResult({k: got[k] for k in nonempty}, runner_name=names[1]),
         )
     except ImportError:
         pass
@@ -156,6 +158,53 @@ def _merge(acc: dict, new: dict) -> None:
         a["pass"] = a["pass"] and v["pass"]
 
 
+def decode_chain(runner, x: np.ndarray) -> dict:
+    """One runner's float decode chain on a padded NCHW image: forward -> round(w) ->
+    hyper_mean -> round(y - mu) + mu -> inverse with z = 0. Returns every graph's inputs and
+    outputs, so another runner's graphs can be fed the same inputs."""
+    f = runner.run("forward", {"image": x})
+    w_hat = np.round(f["w"])
+    mu = runner.run("hyper_mean", {"w_hat": w_hat})["mu"]
+    y_hat = (np.round(f["y"] - mu) + mu).astype(np.float32)
+    inv_in = {"y_hat": y_hat, "z": np.zeros_like(f["z"])}
+    return {"x": x, "forward": f, "hyper_mean_in": {"w_hat": w_hat}, "hyper_mean": {"mu": mu},
+            "inverse_in": inv_in, "inverse": runner.run("inverse", inv_in)}
+
+
+def compare_runners(reference, candidate, images, tol: dict, pad: int = PAD_MULTIPLE) -> dict:
+    """Parity of any two runners of one model (torch vs ONNX Runtime, ONNX Runtime vs TensorRT).
+
+    images: (name, HxWx3 uint8) pairs. Each of the candidate's graphs gets the reference's
+    inputs, so errors do not leak from graph to graph; then the candidate's whole chain is
+    compared with the reference's as 8-bit reconstructions (PSNR against tol["min_psnr"])."""
+    from ..pipeline.image_io import pad_to_multiple, to_nchw
+
+    names = (reference.name, candidate.name)
+    graphs: dict[str, dict] = {g: {} for g in GRAPHS}
+    recon = []
+    for name, arr in images:
+        h, w = arr.shape[:2]
+        r = decode_chain(reference, to_nchw(pad_to_multiple(arr, pad)))
+        for g, feeds in (("forward", {"image": r["x"]}), ("hyper_mean", r["hyper_mean_in"]), ("inverse", r["inverse_in"])):
+            _merge(graphs[g], _compare(r[g], candidate.run(g, feeds), tol, names))
+        c = decode_chain(candidate, r["x"])
+        ref8, x8, orig8 = _to8(r["inverse"]["image"], h, w), _to8(c["inverse"]["image"], h, w), _to8(r["x"], h, w)
+        symbols = [np.round(d["forward"]["y"] - d["hyper_mean"]["mu"]) for d in (c, r)]
+        recon.append({
+            "image": name,
+            "psnr_vs_torch": _psnr8(x8, ref8),
+            "psnr_torch_vs_original": _psnr8(ref8, orig8),
+            "psnr_onnx_vs_original": _psnr8(x8, orig8),
+            "finite": bool(np.isfinite(c["inverse"]["image"]).all()),
+            "symbols_differing": int(np.sum(symbols[0] != symbols[1])),
+        })
+    psnr_min = min(x["psnr_vs_torch"] for x in recon)
+    ok_graphs = all(o["pass"] for g in graphs.values() for o in g.values())
+    ok_recon = psnr_min >= tol["min_psnr"] and all(x["finite"] for x in recon)
+    return {"graphs": graphs, "reconstruction": recon, "psnr_vs_torch_min": psnr_min, "graphs_pass": ok_graphs,
+            "reconstruction_pass": ok_recon, "pass": ok_graphs and ok_recon}
+
+
 def verify_export(
     export_dir: Path,
     ckpt: Path | None = None,
@@ -174,12 +223,8 @@ def verify_export(
     providers: onnxruntime execution providers (``backends.onnxrt.loader.parse_providers``); device: where
     the torch reference runs (cpu, cuda[:N]).
     """
-    import torch
-    from ilc_reference.checkpoint import load_model
-
     from ..backends.onnxrt.loader import load as load_ort
-    from ..backends.pytorch.loader import resolve_device
-    from ..pipeline.image_io import pad_to_multiple, to_nchw
+    from ..backends.pytorch.loader import load as load_torch
 
     say = progress or (lambda msg: None)
     export_dir = Path(export_dir)
@@ -193,50 +238,19 @@ def verify_export(
         tol.setdefault(p, {}).update(v)
     ckpt = _find_checkpoint(export_dir, manifest, ckpt)
     pad = int(manifest.get("pad_multiple", PAD_MULTIPLE))
-    if threads:
-        torch.set_num_threads(threads)
     say(f"loading {ckpt.name}")
     try:
-        dev = resolve_device(device)
+        reference = load_torch(ckpt, device=device, threads=threads)
     except BackendError as e:
         raise VerifyError(str(e)) from e
-    model = load_model(ckpt).to(dev)
     imgs = _load_images(images)
-
-    # torch reference, once per image
-    refs = []
-    with torch.inference_mode():
-        for name, arr in imgs:
-            h, w = arr.shape[:2]
-            x = to_nchw(pad_to_multiple(arr, pad))
-            y, z = model.analysis(torch.from_numpy(x).to(dev))
-            if z is None:
-                z = model.zeros_z(y)
-            wt = model.h_a(y)
-            w_hat = torch.round(wt)
-            mu = model.hyper_mean(w_hat)
-            y_hat = torch.round(y - mu) + mu
-            z0 = torch.zeros_like(z)
-            x_hat = model.synthesis(y_hat, z0)
-            y, z, wt, w_hat, mu, y_hat, z0, x_hat = (t.cpu() for t in (y, z, wt, w_hat, mu, y_hat, z0, x_hat))
-            refs.append({
-                "name": name, "h": h, "w": w, "x": x,
-                "forward": {"y": y.numpy(), "z": z.numpy(), "w": wt.numpy()},
-                "hyper_mean_in": {"w_hat": w_hat.numpy()},
-                "hyper_mean": {"mu": mu.numpy()},
-                "inverse_in": {"y_hat": y_hat.numpy(), "z": z0.numpy()},
-                "inverse": {"image": x_hat.numpy()},
-                "x8": _to8(x_hat.numpy(), h, w),
-                "orig8": _to8(x, h, w),
-            })
-
     report = {
         "export_dir": str(export_dir),
         "checkpoint": str(ckpt),
         "model_id": manifest["model_id"],
         "model_name": manifest.get("model_name"),
-        "images": [r["name"] for r in refs],
-        "torch_device": str(dev),
+        "images": [name for name, _ in imgs],
+        "torch_device": reference.device,
         "tolerances": tol,
         "precisions": {},
     }
@@ -246,44 +260,10 @@ def verify_export(
             report["precisions"][prec] = {"skipped": f"export has no {prec} graphs"}
             continue
         say(f"running onnxruntime {prec}")
-        t = tol[prec]
-        runner = load_ort(export_dir, threads=threads, providers=providers, precision=prec, verify=False)
-        graphs: dict[str, dict] = {g: {} for g in GRAPHS}
-        recon = []
-        try:
-            for r in refs:
-                _merge(graphs["forward"], _compare(r["forward"], runner.run("forward", {"image": r["x"]}), t))
-                _merge(graphs["hyper_mean"], _compare(r["hyper_mean"], runner.run("hyper_mean", r["hyper_mean_in"]), t))
-                _merge(graphs["inverse"], _compare(r["inverse"], runner.run("inverse", r["inverse_in"]), t))
-                # the whole chain on ONNX Runtime
-                f = runner.run("forward", {"image": r["x"]})
-                mu = runner.run("hyper_mean", {"w_hat": np.round(f["w"])})["mu"]
-                y_hat = np.round(f["y"] - mu) + mu
-                xo = runner.run("inverse", {"y_hat": y_hat, "z": np.zeros_like(f["z"])})["image"]
-                x8 = _to8(xo, r["h"], r["w"])
-                recon.append({
-                    "image": r["name"],
-                    "psnr_vs_torch": _psnr8(x8, r["x8"]),
-                    "psnr_torch_vs_original": _psnr8(r["x8"], r["orig8"]),
-                    "psnr_onnx_vs_original": _psnr8(x8, r["orig8"]),
-                    "finite": bool(np.isfinite(xo).all()),
-                    "symbols_differing": int(np.sum(np.round(f["y"] - mu) != np.round(r["forward"]["y"] - r["hyper_mean"]["mu"]))),
-                })
-        finally:
-            runner.close()
-        psnr_min = min(x["psnr_vs_torch"] for x in recon)
-        ok_graphs = all(o["pass"] for g in graphs.values() for o in g.values())
-        ok_recon = psnr_min >= t["min_psnr"] and all(x["finite"] for x in recon)
-        report["precisions"][prec] = {
-            "providers": list(runner.providers),
-            "graphs": graphs,
-            "reconstruction": recon,
-            "psnr_vs_torch_min": psnr_min,
-            "graphs_pass": ok_graphs,
-            "reconstruction_pass": ok_recon,
-            "pass": ok_graphs and ok_recon,
-        }
-        verdict = verdict and ok_graphs and ok_recon
+        with load_ort(export_dir, threads=threads, providers=providers, precision=prec, verify=False) as runner:
+            res = compare_runners(reference, runner, imgs, tol[prec], pad)
+        report["precisions"][prec] = {"providers": list(runner.providers), **res}
+        verdict = verdict and res["pass"]
     report["pass"] = verdict
     return report
 

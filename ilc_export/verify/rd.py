@@ -15,9 +15,8 @@ import numpy as np
 from PIL import Image
 
 from ..contract.files import write_atomic
-from ..pipeline.api import BITSTREAM_SUFFIX, expand_inputs, open_codec
+from ..pipeline.api import evaluate_image, expand_inputs, open_codec
 from ..pipeline.image_io import IMAGE_SUFFIXES, load_rgb
-from ..pipeline.metrics import ms_ssim, psnr
 from ..pipeline.models import model_id, shipped_checkpoint, shipped_qualities
 
 
@@ -76,31 +75,11 @@ def _image_key(f: Path) -> str:
     return f"{f.name}:{st.st_size}"
 
 
-def evaluate_image(codec, f: Path, mid: str, tmp: Path) -> dict:
-    """One image through a real file: compress, write, read back, decompress, measure.
-
-    The per-image record of the results JSON; every engine computes it with this function."""
-    img, _ = load_rgb(f)
-    t0 = time.perf_counter()
-    data, est = codec.compress(img)
-    bit = Path(tmp) / (f.stem + BITSTREAM_SUFFIX)
-    write_atomic(bit, data)
-    t1 = time.perf_counter()
-    rec, dst = codec.decompress(bit.read_bytes())
-    t2 = time.perf_counter()
-    n = bit.stat().st_size
-    bit.unlink()
-    return {"image": f.name, "bpp": 8 * n / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec),
-            "ms_ssim": ms_ssim(img, rec), "enc": t1 - t0, "dec": t2 - t1,
-            "enc_entropy": est.times.get("entropy", 0.0), "dec_entropy": dst.times.get("entropy", 0.0),
-            "bytes": n, "model": codec.cfg.name, "model_id": mid}
-
-
 def evaluate_codec(directory: Path, qualities: list[int] | None = None, models: list[Path] | None = None,
                    backend: str = "torch", limit: int | None = None, progress=None, name: str = "ILC",
                    kind: str = "ilc", cache: ResultCache | None = None, engine=None, on_summary=None,
                    **opts) -> dict:
-    """Every image x quality: compress to a real file, decompress it, measure (SPEC section 5).
+    """Every image x quality: compress to a real file, decompress it, measure.
 
     ``engine`` (``ilc_export.scale``; default: this process) runs the images not in ``cache``;
     the records and the JSON are the same whichever engine computed them; ``on_summary``

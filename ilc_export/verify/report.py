@@ -6,6 +6,7 @@ RD plots (anchors dashed), a speed table, and report.md + report.html.
 from __future__ import annotations
 
 import html
+import io
 import json
 import platform
 from pathlib import Path
@@ -90,10 +91,10 @@ def _plot(curves: list[dict], anchors: list[dict], metric: str, path: Path, titl
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_suffix(".part.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, buf.getvalue())
 
 
 def build_report(images: Path, out: Path, backends: list[str], qualities: list[int] | None = None,

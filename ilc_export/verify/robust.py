@@ -1,16 +1,16 @@
-"""Decodability under floating-point noise (SPEC section 2).
+"""Decodability under floating-point noise (docs/robustness.md).
 
 Simulates an encoder on another GPU / fp16 / TensorRT by perturbing every transform
 output by a relative noise, then checks that the *unperturbed* decoder recovers exactly
 the symbols that were encoded. Only the integer path (w_hat -> scale indices) selects
-CDFs, so this must hold for every image.
+CDFs, so this must hold for every image. The steps are the codec's own (``ImageCodec``'s
+encode and decode protocol), with the noise injected through ``latents(perturb=...)``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..pipeline.codec import ImageCodec
-from ..pipeline.image_io import model_input
 
 
 def _perturb(a: np.ndarray, rel: float, rng: np.random.Generator) -> np.ndarray:
@@ -19,23 +19,18 @@ def _perturb(a: np.ndarray, rel: float, rng: np.random.Generator) -> np.ndarray:
 
 def perturbed_round_trip(codec: ImageCodec, img: np.ndarray, rel: float = 1e-3, seed: int = 0,
                          ref: dict | None = None) -> dict:
-    """`ref`: the clean encoder's `codec.latents(img)`, if the caller already has them."""
-    from ilc_reference.config import latent_shape
-
+    """Encode `img` (one tile: sides multiples of PAD_MULTIPLE) with noisy latents, decode the
+    streams with the clean decoder.
+    `ref`: the clean encoder's ``codec.latents(img)``, if the caller already has them."""
     rng = np.random.default_rng(seed)
-    x = model_input(img)
     ref = ref if ref is not None else codec.latents(img)
-    out = codec.runner.run("forward", {"image": x})
-    w_hat = codec.entropy.quantize_w(_perturb(out["w"][0], rel, rng))
-    mu = codec.runner.run("hyper_mean", {"w_hat": w_hat[None].astype(np.float32)})["mu"][0]
-    y_sym = codec.entropy.quantize_y(_perturb(out["y"][0], rel, rng), _perturb(mu, rel, rng))
-    streams = codec.entropy.encode(w_hat, y_sym)
-    shapes = latent_shape(codec.cfg, x.shape[2], x.shape[3])
-    w_dec, y_dec = codec.entropy.decode(streams, shapes["w"], shapes["y"])  # the unperturbed decoder
-    ref_sym = codec.entropy.quantize_y(ref["y"], ref["mu"])
+    w_hat, y_sym = codec.symbols(codec.latents(img, perturb=lambda name, a: _perturb(a, rel, rng)))
+    streams = codec.encode_symbols(w_hat, y_sym)
+    w_dec, y_dec = codec.decode_symbols(streams, codec.tile_shape(*img.shape[:2]))  # the unperturbed decoder
+    ref_w, ref_sym = codec.symbols(ref)
     return {
         "decoded_same_symbols": bool(np.array_equal(w_dec, w_hat) and np.array_equal(y_dec, y_sym)),
-        "w_changed": int(np.count_nonzero(w_hat != ref["w_hat"])),
+        "w_changed": int(np.count_nonzero(w_hat != ref_w)),
         "y_changed": int(np.count_nonzero(y_sym != ref_sym)),
         "symbols": int(y_sym.size + w_hat.size),
         "bytes": int(sum(len(s) for s in streams)),

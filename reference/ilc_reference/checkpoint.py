@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from ilc_export.contract.files import write_atomic
 from ilc_export.contract.model_id import TABLE_PREFIX
 
 from .config import ModelConfig
@@ -26,12 +27,9 @@ def save_checkpoint(model, path: str | Path, extra_tensors: dict | None = None, 
     for k, v in (extra_tensors or {}).items():
         tensors[k] = v
     meta = {"config": model.cfg.to_json(), "info": json.dumps(info or {}, sort_keys=True)}
-    tmp = path.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-    jtmp = path.with_suffix(".json.tmp")
-    jtmp.write_text(json.dumps({"config": json.loads(model.cfg.to_json()), "info": info or {}}, indent=2, sort_keys=True) + "\n")
-    jtmp.replace(path.with_suffix(".json"))
+    write_atomic(path, save(tensors, metadata=meta))
+    card = {"config": json.loads(model.cfg.to_json()), "info": info or {}}
+    write_atomic(path.with_suffix(".json"), (json.dumps(card, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 

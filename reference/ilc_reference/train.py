@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ilc_export.contract.files import write_atomic
 from ilc_export.contract.model_id import TABLE_PREFIX
 
 from .checkpoint import save_checkpoint
@@ -344,9 +345,7 @@ def trim_log(path: Path, step: int):
         if int(r.get("step", 0)) <= step and line.endswith("\n"):
             keep.append(line)
     if keep != lines:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep))
-        tmp.replace(path)
+        write_atomic(path, "".join(keep).encode())
 
 
 class StopFlag:

@@ -19,25 +19,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import uuid
 from pathlib import Path
 
 import torch
 
+from ilc_export.contract.files import write_atomic
+
 INDEX = "state.json"
 LEGACY = "state.pt"
 FORMAT = "ilc-train-state/1"
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-
-def _atomic_write(path: Path, data: bytes | memoryview) -> None:
-    tmp = path.with_name(path.name + f".{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_parts(out: Path, stem: str, blob: bytes | memoryview, part_bytes: int) -> list[dict]:
@@ -47,7 +39,7 @@ def write_parts(out: Path, stem: str, blob: bytes | memoryview, part_bytes: int)
     for i, lo in enumerate(range(0, max(len(blob), 1), part_bytes)):
         chunk = blob[lo : lo + part_bytes]
         name = f"{stem}.{i:03d}"
-        _atomic_write(out / name, chunk)
+        write_atomic(out / name, chunk)
         parts.append({"file": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
     return parts
 
@@ -96,7 +88,7 @@ def save_state(out: str | Path, state: dict, part_bytes: int = 0, moments: str =
         "format": FORMAT, "step": int(state["step"]), "wall": float(state.get("wall", 0.0)),
         "exact": exact, "moments": moments, "has_opt": "opt" in state, "bytes": len(blob), "parts": parts,
     }
-    _atomic_write(out / INDEX, (json.dumps(index, indent=1) + "\n").encode())
+    write_atomic(out / INDEX, (json.dumps(index, indent=1) + "\n").encode())
     keep = {p["file"] for p in parts}
     for p in out.iterdir():
         if (p.name.startswith("state-") and p.name not in keep) or p.name.endswith(".tmp") or p.name == LEGACY:
