@@ -70,3 +70,26 @@ def test_refine_is_declared_and_refused_where_there_are_no_gradients(tiny_ckpt, 
             load_backend(name, tmp_path, refine=5)
     with pytest.raises(BackendError, match="refine"):
         load_backend("torch", tiny_ckpt, refine=-1)
+
+
+def test_cli_refine(tiny_ckpt, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from ilc_export.cli.run_cli import app
+
+    src = tmp_path / "a.png"
+    Image.fromarray(_img(2)).save(src)
+    cli = CliRunner()
+    r = cli.invoke(app, ["compress", str(src), "-m", str(tiny_ckpt), "-o", str(tmp_path / "r.ilc"), "--refine", "3",
+                         "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    r = cli.invoke(app, ["decompress", str(tmp_path / "r.ilc"), "-m", str(tiny_ckpt), "-o", str(tmp_path / "r.png")])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "r.png").size == (128, 64)
+    r = cli.invoke(app, ["compress", str(src), "-m", str(tiny_ckpt), "-b", "onnxruntime", "-o",
+                         str(tmp_path / "x.ilc"), "--refine", "3"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "x.ilc").exists()
+    r = cli.invoke(app, ["compress", str(src), "-o", str(tmp_path / "y.ilc"), "--refine", "-1"])
+    assert r.exit_code == 2 and not (tmp_path / "y.ilc").exists()
