@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from ilc_export.cli.common import user_error_types, user_errors
 from ilc_export.codec.errors import BitstreamError, TablesError
-from ilc_export.errors import IlcError
+from ilc_export.contract.errors import IlcError
 from ilc_export.pipeline.api import CodingError, OutputError
 from ilc_export.pipeline.image_io import ImageError
 

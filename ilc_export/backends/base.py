@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract.errors import IlcError
 from ..contract.graphs import GRAPHS
 
 #: capability name: the runner implements encode_tile / decode_tile
@@ -49,7 +50,7 @@ REFINE = "refine"
 CHECKPOINT, ONNX_EXPORT, ENGINES = "checkpoint", "onnx", "engines"
 
 
-class BackendError(RuntimeError):
+class BackendError(IlcError, RuntimeError):
     """A backend cannot load or run a model (missing runtime, wrong files, bad shapes)."""
 
 

@@ -8,36 +8,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..errors import IlcError
+from ..contract.errors import IlcError
 
 # soft_wrap: a line is never broken at the console width (piped output is one line per file)
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
-#: Errors users cause that are not (yet) derived from ``ilc_export.errors.IlcError``: (module,
-#: class). A class counts only once its module is imported (a module that was never imported
-#: raised nothing), so the CLI never imports torch or onnx just to name their errors.
-OTHER_USER_ERRORS = (
-    ("ilc_export.pipeline.models", "ModelNotFound"),
-    ("ilc_export.pipeline.models", "ModelError"),
-    ("ilc_export.pipeline.models", "UsageError"),
-    ("ilc_export.backends.base", "BackendError"),
-    ("ilc_export.contract.manifest", "ManifestError"),
-    ("ilc_export.backends.tensorrt.flavour", "FlavourError"),
-    ("ilc_export.export.onnx_export", "ExportError"),
-)
-
-
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """The errors each command turns into one line and exit code 1: ``IlcError`` (the root),
-    file system errors (missing / unreadable / unwritable paths), and ``OTHER_USER_ERRORS``.
-    Anything else is a bug and keeps its traceback."""
-    types: list[type[BaseException]] = [IlcError, OSError]
-    for mod, name in OTHER_USER_ERRORS:
-        m = sys.modules.get(mod)
-        if m is not None and isinstance(getattr(m, name, None), type):
-            types.append(getattr(m, name))
-    return tuple(types)
+    """The errors each command turns into one line and exit code 1: ``IlcError`` (the root of
+    every error a user can cause) and file system errors (missing / unreadable / unwritable
+    paths). Anything else is a bug and keeps its traceback."""
+    return (IlcError, OSError)
 
 
 def fail(msg: str, code: int = 1):

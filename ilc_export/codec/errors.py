@@ -1,7 +1,7 @@
 """Errors of the codec core."""
 from __future__ import annotations
 
-from ..errors import IlcError
+from ..contract.errors import IlcError
 
 
 class BitstreamError(IlcError, ValueError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import IlcError
 from .files import sha256_file, write_atomic
 
 MANIFEST_NAME = "manifest.json"
@@ -40,14 +41,8 @@ _REQUIRED = {ONNX_FORMAT: ("model_id", "config", "graphs", "files", "precisions"
 PRECISIONS = ("fp32", "fp16")
 
 
-class ManifestError(ValueError):
+class ManifestError(IlcError, ValueError):
     """A manifest is missing, malformed, from a future version, or does not match its files."""
-
-
-def manifest_folder(source: str | Path) -> Path:
-    """The model folder for a folder or its manifest.json."""
-    source = Path(source)
-    return source.parent if source.name == MANIFEST_NAME and source.is_file() else source
 
 
 def peek_manifest(folder: str | Path) -> dict | None:

@@ -37,7 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..contract.graphs import FP32_GRAPHS  # never converted: the fp32 file serves both precisions
-from ..errors import IlcError
+from ..contract.errors import IlcError
 
 FLOAT = TensorProto.FLOAT
 FLOAT16 = TensorProto.FLOAT16

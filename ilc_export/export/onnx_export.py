@@ -25,11 +25,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from ..contract.errors import IlcError
 from ..contract.files import sha256_file
 from ..contract.geometry import HYPER_DOWNSAMPLE, HYPER_STRIDE, LATENT_STRIDE, LEVELS, PAD_MULTIPLE
 from ..contract.graphs import FP32_GRAPHS, GRAPHS
-from ..contract.manifest import (FORMAT_VERSIONS, ONNX_FORMAT, TABLES_NAME, file_record, graph_file, read_manifest,
-                                 write_manifest)
+from ..contract.manifest import FORMAT_VERSIONS, ONNX_FORMAT, TABLES_NAME, file_record, write_manifest
 from ..contract.model_id import TABLE_PREFIX, model_id_of_file
 from ..contract.safetensors import write_safetensors
 from . import fp16 as fp16_mod
@@ -49,7 +49,7 @@ DIMS = {
 }
 
 
-class ExportError(RuntimeError):
+class ExportError(IlcError, RuntimeError):
     pass
 
 
@@ -399,12 +399,4 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_onnx_models(folder: Path, precision: str = "fp32") -> dict[str, object]:
-    """The folder's graphs as onnx.ModelProto (for tools and tests)."""
-    import onnx
-
-    man = read_manifest(folder)
-    return {g: onnx.load(str(Path(folder) / graph_file(man, g, precision))) for g in GRAPHS}
-
-
-__all__ = ["DIMS", "ExportError", "default_out_dir", "export_onnx", "graph_io", "load_onnx_models"]
+__all__ = ["DIMS", "ExportError", "default_out_dir", "export_onnx", "graph_io"]

@@ -42,7 +42,7 @@ from ..contract.manifest import ENGINE_FORMAT as FORMAT
 from ..contract.manifest import (FORMAT_VERSIONS, ONNX_FORMAT, ManifestError, manifest_format, read_manifest,
                                  write_manifest)
 from ..contract.manifest import MANIFEST_NAME as MANIFEST
-from ..errors import IlcError
+from ..contract.errors import IlcError
 from .trt_flavours import BuildFlavour, detect
 
 FORMAT_VERSION = FORMAT_VERSIONS[FORMAT]

@@ -17,7 +17,7 @@ from ..backends import load_backend
 from ..codec.bitstream import unpack
 from ..contract.files import file_mode_for, write_atomic
 from ..codec.errors import BitstreamError
-from ..errors import IlcError
+from ..contract.errors import IlcError
 from .codec import ImageCodec, Stats
 from .image_io import IMAGE_SUFFIXES, ImageError, load_rgb
 from .models import ModelNotFound, UsageError, find_model, normalise_backend, resolve

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..contract.geometry import PAD_MULTIPLE
-from ..errors import IlcError
+from ..contract.errors import IlcError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp", ".gif", ".tga"}
 MAX_SIDE = 65535  # the bitstream stores sizes as u16

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..backends import registry
 from ..backends.base import CHECKPOINT, ONNX_EXPORT, BackendSpec
+from ..contract.errors import IlcError
 from ..contract.manifest import (ENGINE_FORMAT, MANIFEST_NAME, ONNX_FORMAT, PRECISIONS, manifest_format, peek_manifest,
                                  read_manifest)
 from ..contract.model_id import TABLE_PREFIX, model_id_of_file
@@ -42,15 +43,15 @@ SHIPPED_PACKAGE = "ilc_reference"
 _EXPECTED = "a checkpoint (.safetensors), an ONNX export folder, an engine folder or a shipped model name"
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(IlcError, LookupError):
     """No model matches what was asked (a name, a quality, a model id)."""
 
 
-class ModelError(ValueError):
+class ModelError(IlcError, ValueError):
     """A path given as a model is not one (wrong kind of file, damaged checkpoint)."""
 
 
-class UsageError(ValueError):
+class UsageError(IlcError, ValueError):
     """Options that contradict each other or name nothing valid."""
 
 

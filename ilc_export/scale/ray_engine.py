@@ -25,7 +25,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import IlcError
+from ..contract.errors import IlcError
 
 from .engine import Item, ItemResult, Job, Worker
 

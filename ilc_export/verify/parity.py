@@ -26,7 +26,7 @@ from ..contract.geometry import PAD_MULTIPLE
 from ..contract.graphs import GRAPHS
 from ..contract.manifest import ManifestError, read_manifest, verify_files
 from ..contract.model_id import model_id_of_file
-from ..errors import IlcError
+from ..contract.errors import IlcError
 
 PSNR_CAP = 100.0
 

@@ -14,11 +14,13 @@ import re
 from dataclasses import dataclass, field
 from types import ModuleType
 
+from ...contract.errors import IlcError
+
 #: import names, in order of preference when both are installed
 MODULES = ("tensorrt", "tensorrt_rtx")
 
 
-class FlavourError(RuntimeError):
+class FlavourError(IlcError, RuntimeError):
     """No usable TensorRT, or the installed one cannot do what was asked."""
 
 

@@ -2,7 +2,7 @@
 options, a missing runtime): the CLIs catch ``IlcError`` (and ``OSError``) once and print one
 line; anything else is a bug and keeps its traceback.
 
-Ground floor: imports nothing, so every layer may derive its errors from it.
+It imports nothing, so every layer (the contract included) derives its errors from it.
 """
 from __future__ import annotations
 
