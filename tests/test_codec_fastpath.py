@@ -100,6 +100,47 @@ def test_c_path_band_splits(shipped, monkeypatch):
         np.testing.assert_array_equal(intnet.scale_indices(tab, w_hat), ref)
 
 
+@pytest.mark.parametrize("variant", ["off", "layer1", "both", "scalar_post", "bands"])
+def test_winograd_hidden_layers(shipped, monkeypatch, variant):
+    """The Winograd F(2x2, 3x3) hidden layers give the direct path's activations: off, on
+    layer 1 (the default), on both layers (odd sizes: padded tiles), with wino_post's scalar
+    int64 loop instead of the vectorised one, and in small bands."""
+    if variant == "off":
+        monkeypatch.setenv(intnet.WINOGRAD_ENV, "0")
+    elif variant == "both":
+        monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (0, 1))
+    elif variant == "bands":
+        monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (0, 1))
+        monkeypatch.setattr(intnet, "BAND_BYTES", 1)
+    rng = np.random.default_rng(21)
+    for name, tab in shipped.items():
+        if variant != "layer1" and name != "ilc-q2":
+            continue  # the other models run the default (layer 1) in the tests above
+        prep = intnet._prepared(tab)
+        assert prep["wino"][1] is not None, name  # the shipped tables pass the bound
+        if variant == "scalar_post":
+            prep["wino"] = [None if x is None else (x[0], x[1], False) for x in prep["wino"]]
+            monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (0, 1))
+        lo, hi = _support(tab)
+        for h, w in ((1, 1), (2, 3), (5, 4), (9, 15)):
+            _check_same(tab, (lo + rng.integers(0, 1 << 20, (tab.hyper_channels, h, w)) % (hi - lo + 1)))
+            for w_hat in list(_adversarial(tab, h, w, rng))[:4]:
+                _check_same(tab, w_hat)
+        tab.__dict__.pop("_intnet_prepared", None)
+
+
+def test_winograd_bound_refuses():
+    """Weights whose Winograd GEMM could leave 2**53 (or |m| 2**51 for the vectorised post)."""
+    w = np.zeros((4, 2, 3, 3), np.int32)
+    b = np.zeros(4, np.int64)
+    w[0, 0, 0, 0] = 2**20
+    # U_00 = 4 * 2**20; bound 4 * in_max * 2**22
+    assert intnet._winograd_weights(w, b, 2**28)[2] is False  # 2**52: exact, not below 2**51
+    assert intnet._winograd_weights(w, b, 2**29) is None  # 2**53: refused
+    assert intnet._winograd_weights(w, b, 2**20)[2] is True
+    assert intnet._winograd_weights(w[:3], b[:3], 1) is None  # cout not a multiple of 4
+
+
 def _forged(tab, kind):
     """Valid tables (CodecTables.validate) that push the hidden layers to their edges."""
     bs = list(tab.biases)

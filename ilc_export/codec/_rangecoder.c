@@ -1522,6 +1522,225 @@ done:
     return ret;
 }
 
+/* Winograd F(2x2, 3x3) for the hidden layers (intnet._hidden_c, when the tables pass the
+ * magnitude check of intnet._winograd_ok). With B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],
+ * [0,1,0,-1]], A^T = [[1,1,1,0],[0,1,-1,-1]] and U = (2G) g (2G)^T (integers, G the usual
+ * matrix with entries 0, 1/2, 1), every 2x2 output block of conv3x3 is
+ * Y = A^T [sum_c U_c (.) (B^T d_c B)] A / 4, an identity of exact integer arithmetic. The
+ * inputs d are exact integers in float32, V = B^T d B is exact in float64 (|V| <= 4 in_max),
+ * the GEMM over channels is exact while 4 in_max sum_c |U_ij[o, c]| < 2^53 (checked), and the
+ * output transform, bias, shift and clip run in int64. */
+
+/* wino_in(xp float32 (cin, hp, wp), cin, hp, wp, t0, nt, out float64 (16, cin, nt*tw)):
+ * tw = ceil((wp-2)/2) tile columns; tile (ti, tj) covers output rows 2(t0+ti) .. +1 and
+ * columns 2tj .. 2tj+1, input rows 2(t0+ti) .. +3 of xp (reads past the padded array are 0:
+ * an odd output size gets one extra row / column, computed and not written back). */
+ILC_SIMD static void wino_in_loop(const float *xv, Py_ssize_t cin, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t t0,
+                                  Py_ssize_t nt, Py_ssize_t tw, double *ov) {
+    const Py_ssize_t np_ = nt * tw, plane = cin * np_;
+    for (Py_ssize_t c = 0; c < cin; c++)
+        for (Py_ssize_t ti = 0; ti < nt; ti++)
+            for (Py_ssize_t tj = 0; tj < tw; tj++) {
+                double d[4][4];
+                const Py_ssize_t r = 2 * (t0 + ti), q = 2 * tj;
+                for (int a = 0; a < 4; a++)
+                    for (int b = 0; b < 4; b++)
+                        d[a][b] = (r + a < hp && q + b < wp) ? (double)xv[(c * hp + r + a) * wp + q + b] : 0.0;
+                double t[4][4];
+                for (int b = 0; b < 4; b++) {
+                    t[0][b] = d[0][b] - d[2][b];
+                    t[1][b] = d[1][b] + d[2][b];
+                    t[2][b] = d[2][b] - d[1][b];
+                    t[3][b] = d[1][b] - d[3][b];
+                }
+                double *o = ov + c * np_ + ti * tw + tj;
+                for (int a = 0; a < 4; a++) {
+                    o[(4 * a + 0) * plane] = t[a][0] - t[a][2];
+                    o[(4 * a + 1) * plane] = t[a][1] + t[a][2];
+                    o[(4 * a + 2) * plane] = t[a][2] - t[a][1];
+                    o[(4 * a + 3) * plane] = t[a][1] - t[a][3];
+                }
+            }
+}
+
+static PyObject *py_wino_in(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    Py_ssize_t cin, hp, wp, t0, nt;
+    if (!PyArg_ParseTuple(args, "OnnnnnO", &xo, &cin, &hp, &wp, &t0, &nt, &oo)) return NULL;
+    Buf x, o;
+    o.held = 0;
+    PyObject *ret = NULL;
+    if (get_buf(xo, &x, 4, 0, "xp") < 0 || get_buf(oo, &o, 8, 1, "out") < 0) goto done;
+    {
+        Py_ssize_t tw = (wp - 1) / 2, th = (hp - 1) / 2; /* ceil((wp - 2) / 2) */
+        if (cin < 1 || hp < 3 || wp < 3 || nt < 1 || t0 < 0 || t0 + nt > th || nitems(&x) != cin * hp * wp ||
+            nitems(&o) != 16 * cin * nt * tw) {
+            PyErr_SetString(PyExc_ValueError, "wino_in: inconsistent sizes");
+            goto done;
+        }
+        const float *xv = (const float *)x.b.buf;
+        double *ov = (double *)o.b.buf;
+        Py_BEGIN_ALLOW_THREADS
+        wino_in_loop(xv, cin, hp, wp, t0, nt, tw, ov);
+        Py_END_ALLOW_THREADS
+        Py_INCREF(Py_None);
+        ret = Py_None;
+    }
+done:
+    rel(&x);
+    rel(&o);
+    return ret;
+}
+
+#define WINO_CHUNK 64
+ILC_SIMD static void wino_post_loop(const double *mv, const int64_t *bias, Py_ssize_t cout, Py_ssize_t nt, Py_ssize_t tw,
+                                    int k, int64_t top, float *dv, Py_ssize_t hp2, Py_ssize_t wp2, Py_ssize_t t0,
+                                    Py_ssize_t h, Py_ssize_t w) {
+    const Py_ssize_t np_ = nt * tw, plane = cout * np_;
+    const double inv = ldexp(1.0, -k), topd = (double)top;
+    int64_t s[4][2][WINO_CHUNK];
+    float row[2][2 * WINO_CHUNK];
+    for (Py_ssize_t o = 0; o < cout; o++) {
+        const Py_ssize_t c = o >> 2, sy = (o >> 1) & 1, sx = o & 1;
+        const double bo = (double)bias[o]; /* exact: |b| < 2^53 */
+        for (Py_ssize_t ti = 0; ti < nt; ti++)
+            for (Py_ssize_t j0 = 0; j0 < tw; j0 += WINO_CHUNK) {
+                const Py_ssize_t nj = tw - j0 < WINO_CHUNK ? tw - j0 : WINO_CHUNK;
+                const double *m = mv + o * np_ + ti * tw + j0;
+                for (int a = 0; a < 4; a++) {
+                    const double *restrict p0 = m + (4 * a) * plane, *restrict p1 = p0 + plane, *restrict p2 = p1 + plane,
+                                           *restrict p3 = p2 + plane;
+                    for (Py_ssize_t j = 0; j < nj; j++) {
+                        int64_t m0 = (int64_t)p0[j], m1 = (int64_t)p1[j], m2 = (int64_t)p2[j], m3 = (int64_t)p3[j];
+                        s[a][0][j] = m0 + m1 + m2;
+                        s[a][1][j] = m1 - m2 - m3;
+                    }
+                }
+                for (int b = 0; b < 2; b++)
+                    for (Py_ssize_t j = 0; j < nj; j++) {
+                        /* y4 = 4 conv: a multiple of 4 below 2^55 in magnitude, exact in float64 */
+                        int64_t y4[2] = {s[0][b][j] + s[1][b][j] + s[2][b][j], s[1][b][j] - s[2][b][j] - s[3][b][j]};
+                        for (int a = 0; a < 2; a++) {
+                            double x = ((double)y4[a] * 0.25 + bo) * inv; /* exact: an integer below 2^53, then 2^-k */
+                            x = x > 0.0 ? x : 0.0;
+                            x = x < topd ? x : topd;
+                            row[a][2 * j + b] = (float)(int32_t)x;
+                        }
+                    }
+                for (int a = 0; a < 2; a++) {
+                    const Py_ssize_t y = 2 * (t0 + ti) + a, x0 = 2 * j0;
+                    if (y >= h) continue;
+                    const Py_ssize_t nx = w - x0 < 2 * nj ? w - x0 : 2 * nj;
+                    float *restrict orow = dv + (c * hp2 + 1 + 2 * y + sy) * wp2 + 1 + 2 * x0 + sx;
+                    for (Py_ssize_t x = 0; x < nx; x++) orow[2 * x] = row[a][x];
+                }
+            }
+    }
+}
+
+/* wino_post's loop where every m is below 2^51 in magnitude (checked by the caller, fast=1):
+ * m -> int64 as the bits of m + 1.5 * 2^52 (exact there, and vectorisable), then in int64
+ * z = y4 + 4b = 4 (conv + b), a = min(max(z, 0) >> (k + 2), act_max) = clip(floor((conv + b)
+ * 2^-k), 0, act_max) (|z| < 2^55: no overflow). */
+ILC_SIMD static void wino_post_fast_loop(const double *mv, const int64_t *bias, Py_ssize_t cout, Py_ssize_t nt,
+                                         Py_ssize_t tw, int k, int64_t top, float *dv, Py_ssize_t hp2, Py_ssize_t wp2,
+                                         Py_ssize_t t0, Py_ssize_t h, Py_ssize_t w) {
+    const Py_ssize_t np_ = nt * tw, plane = cout * np_;
+    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
+    int64_t mb;
+    memcpy(&mb, &magic, 8);
+    int64_t s[4][2][WINO_CHUNK];
+    float rv[2][2][WINO_CHUNK];
+    for (Py_ssize_t o = 0; o < cout; o++) {
+        const Py_ssize_t c = o >> 2, sy = (o >> 1) & 1, sx = o & 1;
+        const int64_t b4 = 4 * bias[o];
+        for (Py_ssize_t ti = 0; ti < nt; ti++)
+            for (Py_ssize_t j0 = 0; j0 < tw; j0 += WINO_CHUNK) {
+                const Py_ssize_t nj = tw - j0 < WINO_CHUNK ? tw - j0 : WINO_CHUNK;
+                const double *m = mv + o * np_ + ti * tw + j0;
+                for (int a = 0; a < 4; a++) {
+                    const double *restrict p0 = m + (4 * a) * plane, *restrict p1 = p0 + plane, *restrict p2 = p1 + plane,
+                                           *restrict p3 = p2 + plane;
+                    int64_t *restrict s0 = s[a][0], *restrict s1 = s[a][1];
+                    for (Py_ssize_t j = 0; j < nj; j++) {
+                        double d0 = p0[j] + magic, d1 = p1[j] + magic, d2 = p2[j] + magic, d3 = p3[j] + magic;
+                        int64_t m0, m1, m2, m3;
+                        memcpy(&m0, &d0, 8);
+                        memcpy(&m1, &d1, 8);
+                        memcpy(&m2, &d2, 8);
+                        memcpy(&m3, &d3, 8);
+                        s0[j] = m0 + m1 + m2 - 3 * mb;
+                        s1[j] = m1 - m2 - m3 + mb;
+                    }
+                }
+                for (int b = 0; b < 2; b++) {
+                    const int64_t *restrict q0 = s[0][b], *restrict q1 = s[1][b], *restrict q2 = s[2][b], *restrict q3 = s[3][b];
+                    float *restrict r0 = rv[0][b], *restrict r1 = rv[1][b];
+                    for (Py_ssize_t j = 0; j < nj; j++) {
+                        int64_t z0 = q0[j] + q1[j] + q2[j] + b4, z1 = q1[j] - q2[j] - q3[j] + b4;
+                        z0 = z0 > 0 ? z0 : 0;
+                        z1 = z1 > 0 ? z1 : 0;
+                        z0 >>= k + 2;
+                        z1 >>= k + 2;
+                        z0 = z0 < top ? z0 : top;
+                        z1 = z1 < top ? z1 : top;
+                        r0[j] = (float)(int32_t)z0;
+                        r1[j] = (float)(int32_t)z1;
+                    }
+                }
+                for (int a = 0; a < 2; a++) {
+                    const Py_ssize_t y = 2 * (t0 + ti) + a;
+                    if (y >= h) continue;
+                    float *restrict orow = dv + (c * hp2 + 1 + 2 * y + sy) * wp2 + 1 + 4 * j0 + sx;
+                    const Py_ssize_t nx = w - 2 * j0 < 2 * nj ? w - 2 * j0 : 2 * nj;
+                    for (Py_ssize_t x = 0; x < nx; x++) orow[2 * x] = rv[a][x & 1][x >> 1];
+                }
+            }
+    }
+}
+
+/* wino_post(m float64 (16, cout, nt*tw), bias int64 (cout), shift k, act_max, dst float32
+ *           (cout/4, 2h+2, 2w+2), t0, nt, h, w): the output transform of wino_in's tiles in
+ * int64 (m holds exact integers below 2^53, so the conversions are exact and the sums of 9
+ * cannot overflow), giving y4 = 4 conv; then hidden_post's a = clip(floor((conv + b) 2^-k),
+ * 0, act_max) and pixel shuffle in float64: y4 is a multiple of 4 below 2^55, exact as a
+ * double, y4 / 4 + b is the direct path's acc + b (an integer below 2^53 by the tables'
+ * accumulator bound), so every step is exact as in hidden_post. */
+static PyObject *py_wino_post(PyObject *self, PyObject *args) {
+    PyObject *mo, *bo, *dobj;
+    Py_ssize_t k, amax, t0, nt, h, w;
+    int fast = 0;
+    if (!PyArg_ParseTuple(args, "OOnnOnnnn|p", &mo, &bo, &k, &amax, &dobj, &t0, &nt, &h, &w, &fast)) return NULL;
+    Buf m, b, d;
+    b.held = d.held = 0;
+    PyObject *ret = NULL;
+    if (get_buf(mo, &m, 8, 0, "m") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(dobj, &d, 4, 1, "dst") < 0)
+        goto done;
+    {
+        Py_ssize_t cout = nitems(&b), nc = cout / 4, wp2 = 2 * w + 2, tw = (w + 1) / 2, th = (h + 1) / 2;
+        Py_ssize_t hp2 = 2 * h + 2;
+        if (cout < 4 || cout % 4 || w < 1 || h < 1 || nt < 1 || t0 < 0 || t0 + nt > th || k < 0 || k > 62 || amax < 0 ||
+            amax >= ((Py_ssize_t)1 << 31) || nitems(&m) != 16 * cout * nt * tw || nitems(&d) != nc * hp2 * wp2) {
+            PyErr_SetString(PyExc_ValueError, "wino_post: inconsistent sizes");
+            goto done;
+        }
+        const double *mv = (const double *)m.b.buf;
+        const int64_t *bias = (const int64_t *)b.b.buf;
+        float *dv = (float *)d.b.buf;
+        Py_BEGIN_ALLOW_THREADS
+        if (fast) wino_post_fast_loop(mv, bias, cout, nt, tw, (int)k, (int64_t)amax, dv, hp2, wp2, t0, h, w);
+        else wino_post_loop(mv, bias, cout, nt, tw, (int)k, (int64_t)amax, dv, hp2, wp2, t0, h, w);
+        Py_END_ALLOW_THREADS
+        Py_INCREF(Py_None);
+        ret = Py_None;
+    }
+done:
+    rel(&m);
+    rel(&b);
+    rel(&d);
+    return ret;
+}
+
 static PyObject *py_set_error_class(PyObject *self, PyObject *cls) {
     Py_XINCREF(cls);
     Py_XSETREF(BitstreamError, cls);
@@ -1540,6 +1759,8 @@ static PyMethodDef methods[] = {
     {"last_layer_post", py_last_layer_post, METH_VARARGS, "integer scale net: threshold index with an error bound"},
     {"im2col", py_im2col, METH_VARARGS, "integer scale net: 3x3 im2col of a zero-padded float32 input"},
     {"hidden_post", py_hidden_post, METH_VARARGS, "integer scale net: bias, shift, floor, clip, pixel shuffle"},
+    {"wino_in", py_wino_in, METH_VARARGS, "integer scale net: Winograd F(2x2,3x3) input transform"},
+    {"wino_post", py_wino_post, METH_VARARGS, "integer scale net: Winograd output transform + hidden_post"},
     {"last_post", py_last_post, METH_VARARGS, "integer scale net: last layer's threshold index with its column norms"},
     {"set_error_class", py_set_error_class, METH_O, "exception class for corrupted streams"},
     {NULL, NULL, 0, NULL},

@@ -403,6 +403,7 @@ class EntropyCodec:
         w_hat = np.asarray(w_hat)
         if indices is None:
             indices = self.scale_indices(w_hat)  # validates w_hat
+            return [self.encode_w(w_hat), self.encode_y(y_sym, indices, _trusted=True)]
         return [self.encode_w(w_hat), self.encode_y(y_sym, indices)]
 
     def encode_w(self, w_hat: np.ndarray) -> bytes:
@@ -427,19 +428,25 @@ class EntropyCodec:
         e = np.abs(s[esc]) - r[esc] - 1
         return idx, t, e
 
-    def encode_y(self, y_sym: np.ndarray, indices: np.ndarray) -> bytes:
+    def encode_y(self, y_sym: np.ndarray, indices: np.ndarray, _trusted: bool = False) -> bytes:
+        """_trusted: indices come from scale_indices (uint8, every value < num_scales)."""
         y_sym = np.asarray(y_sym)
         indices = np.asarray(indices)
         if y_sym.shape != indices.shape:
             raise ValueError(f"y symbols {y_sym.shape} and scale indices {indices.shape} differ in shape")
         if y_sym.dtype.kind not in "iu":
             raise ValueError(f"y symbols must be integers, got {y_sym.dtype}; use quantize_y")
-        if y_sym.size and (y_sym.min() < -MAX_ABS_SYMBOL or y_sym.max() > MAX_ABS_SYMBOL):
+        # the C coder checks |y| <= MAX_ABS_SYMBOL itself (same message) for int32 input, which
+        # it reads as is; other dtypes are narrowed to int32 first, so they are checked here
+        if y_sym.size and not (self.coder_name == "c" and y_sym.dtype == np.int32) and \
+                (y_sym.min() < -MAX_ABS_SYMBOL or y_sym.max() > MAX_ABS_SYMBOL):
             raise ValueError(f"|y symbol| above {MAX_ABS_SYMBOL} cannot be coded")
-        return self.coder.encode_y(y_sym, self._check_indices(indices))
+        return self.coder.encode_y(y_sym, indices if _trusted else self._check_indices(indices))
 
     def _check_indices(self, indices: np.ndarray) -> np.ndarray:
         idx = np.asarray(indices)
+        if idx.dtype == np.uint8 and self.coder_name == "c":
+            return idx  # the C coder refuses an index >= num_scales itself ("scale index out of range")
         if idx.dtype != np.uint8 or self.tables.num_scales < 256:
             if idx.size and (idx.min() < 0 or idx.max() >= self.tables.num_scales):
                 raise ValueError("scale index out of range")
@@ -464,7 +471,7 @@ class EntropyCodec:
                                      "(truncated file or wrong image size)")
         w_hat = self.decode_w(streams[0], w_shape)
         indices = self.scale_indices(w_hat)
-        return w_hat, self.decode_y(streams[1], indices)
+        return w_hat, self.coder.decode_y(streams[1], indices)  # indices < num_scales by construction
 
     def decode_w(self, data: bytes, w_shape) -> np.ndarray:
         return self.coder.decode_w(data, tuple(int(x) for x in w_shape))

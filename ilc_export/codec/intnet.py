@@ -26,6 +26,18 @@ numpy functions below remain the reference, ``exact_f64=True`` / $ILC_INTNET_F64
   an integer M >= 0 this equals clip(floor(x), 0, M): on [0, M] truncation is floor, below 0
   both give 0, above M both give M. a < 2**24 is exact in float32; it is written
   pixel-shuffled into the zero-padded input of the next layer (no numpy pass in between).
+- Layer 1 (WINOGRAD_LAYERS; $ILC_INTNET_WINOGRAD=0 turns it off): Winograd F(2x2, 3x3) in
+  exact integer arithmetic instead of im2col + GEMM (16 GEMMs over channels, 2.25x fewer
+  multiplications). U = (2G) W (2G)^T is an integer filter (4x the usual one), V = B^T d B
+  sums 4 inputs with signs (|V| <= 4 in_max), and Y = A^T [sum_c U_c (.) V_c] A = 4 conv
+  exactly. _winograd_weights checks 4 in_max max_o sum_c |U_ij[o, c]| < 2**53 for every
+  position ij (else the layer runs the im2col GEMM): every partial sum of the float64 GEMM
+  is then an exact integer. The output transform runs in int64 (wino_post), and
+  y4 / 4 + b = acc + b as in hidden_post. Where the GEMM's outputs are moreover below
+  2**51 (checked: the shipped tables, whose layer-1 inputs are >= 0), wino_post converts
+  them to int64 with the 1.5 * 2**52 bit trick (vectorised) and applies the floor, shift and
+  clip as z = 4 (conv + b), min(max(z, 0) >> (k + 2), act_max). Layer 0 (a 9x15 tile of
+  w_hat on a 1080p frame) gains nothing from it and stays on the GEMM.
 - Layer 2: float32 GEMM with the error bound of _last_layer_indices_f32, B = gamma_{K+2}
   ||W_o|| ||a_p|| (1 + 2**-20). The margin covers the float64 rounding of the norms
   (||a_p||^2 and ||W_o||^2 are sums of at most K squares of integers, relative error below
@@ -434,14 +446,59 @@ def _prepared(tables: CodecTables) -> dict:
     wt = tables.weights[2]
     cout, k = wt.shape[0], wt[0].size
     w64 = np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float64)
+    in_max = [tables.w_bound, int(tables.act_max[0])]
+    # layer 1's input is an activation, in [0, act_max[0]]; layer 0's (w_hat) is signed
+    wino = [_winograd_weights(tables.weights[layer], tables.biases[layer], in_max[layer], nonneg=layer > 0,
+                              shift=int(tables.shifts[layer])) for layer in range(2)]
     gamma = (k + 2) * _U32 / (1.0 - (k + 2) * _U32)
-    prep = {"hidden": hidden, "f32_ok": _f32_layer_ok(tables), "w32": np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float32), "w64": w64,
+    prep = {"hidden": hidden, "wino": wino, "f32_ok": _f32_layer_ok(tables), "w32": np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float32), "w64": w64,
             "b64": np.ascontiguousarray(tables.biases[2], dtype=np.float64),
             # relative margin 2**-20 for the float64 rounding of the norms (< 2**-40)
             "wscale": np.sqrt((w64 * w64).sum(axis=1)) * (gamma * (1.0 + 2.0**-20)),
             "thresholds": np.ascontiguousarray(tables.thresholds, dtype=np.float64)}
     tables.__dict__["_intnet_prepared"] = (src, prep)
     return prep
+
+
+#: 2G and B^T of Winograd F(2x2, 3x3) (see wino_in / wino_post in _rangecoder.c)
+_WG2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)
+_WBT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int64)
+#: $ILC_INTNET_WINOGRAD=0 turns the Winograd hidden layers off (the im2col GEMM runs instead)
+WINOGRAD_ENV = "ILC_INTNET_WINOGRAD"
+
+
+def _winograd_weights(weight: np.ndarray, bias: np.ndarray, in_max: int, nonneg: bool = False, shift: int = 0):
+    """(U float64 (16, cout, cin), bias int64, fast) for a hidden layer's Winograd F(2x2, 3x3)
+    path, or None where it would not be exact.
+
+    U_ij[o, c] = ((2G) W[o, c] (2G)^T)_ij (integers; 4x the usual transformed filter). Each
+    entry of V = B^T d B is a sum of 4 input values with signs +-1, so |V| <= 4 in_max, and
+    every partial sum of the GEMM over channels (any order) is an integer of magnitude at most
+    4 in_max max_o sum_c |U_ij[o, c]|: exact in float64 when that is below 2**53 (checked
+    here in Python integers). The output transform (sums of 9 such values), the division by 4
+    and the bias run in int64 (wino_post), so every activation equals the direct path's."""
+    w = np.asarray(weight)
+    if w.ndim != 4 or w.shape[2:] != (3, 3) or w.shape[0] % 4 or np.abs(w.astype(np.int64)).max(initial=0) >= 2**31:
+        return None
+    b = np.asarray(bias).astype(np.int64)
+    if np.abs(b).max(initial=0) >= 2**53:
+        return None
+    u = np.einsum("ik,ockl,jl->ijoc", _WG2, w.astype(np.int64), _WG2)  # |U| <= 9 * 2**31: fits int64
+    cout, cin = w.shape[:2]
+    u = u.reshape(16, cout, cin)
+    if cin > 2**20:
+        return None
+    fast = 0 <= shift <= 60
+    for ij in range(16):
+        row = int(np.abs(u[ij]).sum(axis=1).max(initial=0))  # < 48 * 9 * 2**31 per 1000 channels: no overflow
+        if 4 * int(in_max) * row >= 2**53:
+            return None
+        # fast (wino_post's vectorised loop) needs |m| < 2**51; with inputs in [0, in_max],
+        # |V_ij| <= in_max * max(sum of the positive, sum of the negative coefficients of V_ij)
+        coef = np.outer(_WBT[ij // 4], _WBT[ij % 4])
+        vm = int(in_max) * (max(int(coef[coef > 0].sum()), int(-coef[coef < 0].sum())) if nonneg else int(np.abs(coef).sum()))
+        fast = fast and vm * row < 2**51
+    return np.ascontiguousarray(u, dtype=np.float64), np.ascontiguousarray(b), fast
 
 
 def _zero_border(xp: np.ndarray) -> np.ndarray:
@@ -491,9 +548,17 @@ def _hidden_c(tables: CodecTables, w_hat: np.ndarray, prep: dict | None = None) 
     nh, h, w = w_hat.shape
     xp = _zero_border(_work("xq0", (nh, h + 2, w + 2), np.float32))
     xp[:, 1:-1, 1:-1] = w_hat  # exact: |w_hat| <= 2**20
+    import os
+
+    use_wino = os.environ.get(WINOGRAD_ENV, "1") != "0" and hasattr(rc, "wino_in")
     for layer, (w64, b64, k, amax) in enumerate(prep["hidden"]):
         cin, cout = xp.shape[0], w64.shape[0]
         nxt = _zero_border(_work(f"xq{layer + 1}", (cout // 4, 2 * h + 2, 2 * w + 2), np.float32))
+        wino = prep["wino"][layer] if use_wino and layer in WINOGRAD_LAYERS else None
+        if wino is not None:
+            _wino_layer(rc, xp, nxt, wino, k, amax, h, w)
+            xp, h, w = nxt, 2 * h, 2 * w
+            continue
         rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, cin * 9 * w * 8))))
 
         def band(r0, xp=xp, nxt=nxt, cin=cin, cout=cout, h=h, w=w, rows=rows, w64=w64, b64=b64, k=k, amax=amax):
@@ -507,6 +572,29 @@ def _hidden_c(tables: CodecTables, w_hat: np.ndarray, prep: dict | None = None) 
         _run_bands(h, rows, band)
         xp, h, w = nxt, 2 * h, 2 * w
     return xp
+
+
+#: hidden layers run as Winograd F(2x2, 3x3) where exact (layer 0's GEMMs are too small to gain)
+WINOGRAD_LAYERS = (1,)
+
+
+def _wino_layer(rc, xp, nxt, wino, k, amax, h, w) -> None:
+    """One hidden layer by Winograd F(2x2, 3x3): nxt's interior = pixel-shuffled activations."""
+    u, b, fast = wino
+    cout, cin = u.shape[1], u.shape[2]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    per_row = 16 * (cin + cout) * tw * 8
+    rows = _band_rows(th, max(1, min(th, BAND_BYTES // max(1, per_row))))
+
+    def band(t0):
+        nt = min(th, t0 + rows) - t0
+        v = _work("wv", (16, cin, nt * tw), np.float64)
+        rc.wino_in(xp, cin, h + 2, w + 2, t0, nt, v)
+        m = _work("wm", (16, cout, nt * tw), np.float64)
+        np.matmul(u, v, out=m)
+        rc.wino_post(m, b, k, amax, nxt, t0, nt, h, w, fast)
+
+    _run_bands(th, rows, band)
 
 
 def scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None = None) -> np.ndarray:
