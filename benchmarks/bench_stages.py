@@ -1,4 +1,4 @@
-"""Per-stage split of one 1920x1080 frame (issue 14): transforms, entropy, the rest, and
+"""Per-stage split of one 1920x1080 frame: transforms, entropy, the rest, and
 frames/s, per backend, thread count and entropy-coder implementation.
 
     python benchmarks/bench_stages.py --onnx engines/ilc-q2/onnx            # ORT, 1 thread, both coders

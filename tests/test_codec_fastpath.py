@@ -1,4 +1,4 @@
-"""The fast entropy stage (issue 14) is the old one, integer for integer and byte for byte.
+"""The fast entropy stage is the old one, integer for integer and byte for byte.
 
 - The C scale-net path (intnet._scale_indices_c: C im2col / hidden post / last-layer post
   around numpy GEMMs) gives the indices of the all-float64 reference path, and the hidden
