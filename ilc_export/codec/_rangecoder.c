@@ -319,6 +319,70 @@ static void rel(Buf *b) {
     b->held = 0;
 }
 
+static int get_buf_f(PyObject *o, Buf *out, int writable, const char *what) { /* float32 or float64 */
+    out->held = 0;
+    if (PyObject_GetBuffer(o, &out->b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    out->held = 1;
+    const char *f = out->b.format ? out->b.format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    if (!((out->b.itemsize == 4 && f[0] == 'f' && !f[1]) || (out->b.itemsize == 8 && f[0] == 'd' && !f[1]))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a float32 or float64 buffer", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* One buffer argument of a wrapper; itemsize 0: float32 or float64 (get_buf_f). */
+typedef struct {
+    PyObject *o;
+    Buf *b;
+    Py_ssize_t itemsize;
+    int writable;
+    const char *what;
+} BufArg;
+
+#define NBUF(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* get_buf / get_buf_f over a table, in order, stopping at the first failure (rel_bufs
+ * releases what was taken) */
+static int get_bufs(const BufArg *a, int n) {
+    for (int i = 0; i < n; i++) a[i].b->held = 0;
+    for (int i = 0; i < n; i++) {
+        int r = a[i].itemsize ? get_buf(a[i].o, a[i].b, a[i].itemsize, a[i].writable, a[i].what)
+                              : get_buf_f(a[i].o, a[i].b, a[i].writable, a[i].what);
+        if (r < 0) return -1;
+    }
+    return 0;
+}
+
+/* release a table's buffers; returns ret (a wrapper's result) */
+static PyObject *rel_bufs(const BufArg *a, int n, PyObject *ret) {
+    for (int i = 0; i < n; i++) rel(a[i].b);
+    return ret;
+}
+
+/* the arguments of im2col and wino_in: (xp float32 (cin, hp, wp), cin, hp, wp, i0 (first row
+ * or tile row), cnt (rows or tile rows), out writable, items of out_itemsize (0: float32|float64)) */
+typedef struct {
+    Buf x, o;
+    Py_ssize_t cin, hp, wp, i0, cnt;
+} XpOut;
+
+static int get_xp_out(PyObject *args, XpOut *a, Py_ssize_t out_itemsize) {
+    PyObject *xo, *oo;
+    a->x.held = a->o.held = 0;
+    if (!PyArg_ParseTuple(args, "OnnnnnO", &xo, &a->cin, &a->hp, &a->wp, &a->i0, &a->cnt, &oo)) return -1;
+    const BufArg ba[] = {{xo, &a->x, 4, 0, "xp"}, {oo, &a->o, out_itemsize, 1, "out"}};
+    return get_bufs(ba, NBUF(ba));
+}
+
+static PyObject *rel_xp_out(XpOut *a, PyObject *ret) {
+    rel(&a->x);
+    rel(&a->o);
+    return ret;
+}
+
 static Py_ssize_t nitems(Buf *b) { return b->b.len / b->b.itemsize; }
 
 /* A model set: nm models, cdfs (nm x stride uint32), sizes (nm int32), luts (nm x LUT_SIZE). */
@@ -471,6 +535,18 @@ static PyObject *py_build_lut(PyObject *self, PyObject *args) {
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* encode_w's / decode_w's checks once their buffers are held: the model tables, then the
+ * sizes of lo and of wb (the w or output buffer, nm x hw items; msg if they differ) */
+static int check_w_args(Buf *wb, Buf *lo, Buf *c, Buf *s, Buf *l, Py_ssize_t stride, Py_ssize_t hw, const char *msg,
+                        Models *m) {
+    if (check_models(c, s, l, stride, m) < 0) return -1;
+    if (hw < 0 || nitems(lo) != m->nm || nitems(wb) != m->nm * hw) {
+        PyErr_SetString(PyExc_ValueError, msg);
+        return -1;
+    }
+    return 0;
+}
+
 /* hyper stream: encode_w(w int32 (nh*hw), hw, lo int32 (nh), cdf, size, lut, stride)      */
 
 static PyObject *py_encode_w(PyObject *self, PyObject *args) {
@@ -478,16 +554,13 @@ static PyObject *py_encode_w(PyObject *self, PyObject *args) {
     Py_ssize_t hw, stride;
     if (!PyArg_ParseTuple(args, "OnOOOOn", &wo, &hw, &loo, &co, &so, &lo_, &stride)) return NULL;
     Buf w, lo, c, s, l;
-    lo.held = c.held = s.held = l.held = 0;
+    const BufArg ba[] = {{wo, &w, 4, 0, "w"}, {loo, &lo, 4, 0, "lo"}, {co, &c, 4, 0, "cdf"}, {so, &s, 4, 0, "size"},
+                         {lo_, &l, 1, 0, "lut"}};
     PyObject *ret = NULL;
     Models m;
-    if (get_buf(wo, &w, 4, 0, "w") < 0 || get_buf(loo, &lo, 4, 0, "lo") < 0 || get_buf(co, &c, 4, 0, "cdf") < 0 ||
-        get_buf(so, &s, 4, 0, "size") < 0 || get_buf(lo_, &l, 1, 0, "lut") < 0 || check_models(&c, &s, &l, stride, &m) < 0)
+    if (get_bufs(ba, NBUF(ba)) < 0 ||
+        check_w_args(&w, &lo, &c, &s, &l, stride, hw, "w_hat shape does not match the prior tables", &m) < 0)
         goto done;
-    if (hw < 0 || nitems(&lo) != m.nm || nitems(&w) != m.nm * hw) {
-        PyErr_SetString(PyExc_ValueError, "w_hat shape does not match the prior tables");
-        goto done;
-    }
     {
         const int32_t *wv = (const int32_t *)w.b.buf, *lov = (const int32_t *)lo.b.buf;
         Enc e;
@@ -519,12 +592,7 @@ static PyObject *py_encode_w(PyObject *self, PyObject *args) {
         ret = words_to_bytes(&e);
     }
 done:
-    rel(&w);
-    rel(&lo);
-    rel(&c);
-    rel(&s);
-    rel(&l);
-    return ret;
+    return rel_bufs(ba, NBUF(ba), ret);
 }
 
 /* decode_w(data, out int32 (nh*hw) writable, hw, lo, cdf, size, lut, stride) -> None */
@@ -533,17 +601,13 @@ static PyObject *py_decode_w(PyObject *self, PyObject *args) {
     Py_ssize_t hw, stride;
     if (!PyArg_ParseTuple(args, "OOnOOOOn", &dob, &oo, &hw, &loo, &co, &so, &lo_, &stride)) return NULL;
     Buf d, o, lo, c, s, l;
-    o.held = lo.held = c.held = s.held = l.held = 0;
+    const BufArg ba[] = {{dob, &d, 1, 0, "data"}, {oo, &o, 4, 1, "out"}, {loo, &lo, 4, 0, "lo"},
+                         {co, &c, 4, 0, "cdf"},   {so, &s, 4, 0, "size"}, {lo_, &l, 1, 0, "lut"}};
     PyObject *ret = NULL;
     Models m;
-    if (get_buf(dob, &d, 1, 0, "data") < 0 || get_buf(oo, &o, 4, 1, "out") < 0 || get_buf(loo, &lo, 4, 0, "lo") < 0 ||
-        get_buf(co, &c, 4, 0, "cdf") < 0 || get_buf(so, &s, 4, 0, "size") < 0 || get_buf(lo_, &l, 1, 0, "lut") < 0 ||
-        check_models(&c, &s, &l, stride, &m) < 0)
+    if (get_bufs(ba, NBUF(ba)) < 0 ||
+        check_w_args(&o, &lo, &c, &s, &l, stride, hw, "output shape does not match the prior tables", &m) < 0)
         goto done;
-    if (hw < 0 || nitems(&lo) != m.nm || nitems(&o) != m.nm * hw) {
-        PyErr_SetString(PyExc_ValueError, "output shape does not match the prior tables");
-        goto done;
-    }
     {
         int32_t *ov = (int32_t *)o.b.buf;
         const int32_t *lov = (const int32_t *)lo.b.buf;
@@ -580,17 +644,10 @@ static PyObject *py_decode_w(PyObject *self, PyObject *args) {
             raise_bitstream("hyper stream is corrupted (end marker mismatch)");
             goto done;
         }
-        Py_INCREF(Py_None);
-        ret = Py_None;
+        ret = Py_NewRef(Py_None);
     }
 done:
-    rel(&d);
-    rel(&o);
-    rel(&lo);
-    rel(&c);
-    rel(&s);
-    rel(&l);
-    return ret;
+    return rel_bufs(ba, NBUF(ba), ret);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -680,27 +737,47 @@ static int check_y_tables(Models *m, const int32_t *rad) {
     return 0;
 }
 
+/* a y stream's grouping by scale index (no Python calls: runs without the GIL); on failure
+ * *err = e_range (an index >= nm) or e_mem (out of memory, or more than 2^32 symbols) */
+static Groups *group_y(const uint8_t *iv, Py_ssize_t n, Py_ssize_t nm, int *err, int e_range, int e_mem) {
+    Groups *gr = (Groups *)malloc(sizeof(Groups));
+    if (!gr) *err = e_mem;
+    else {
+        int gb = group_blocks(iv, n, nm, gr);
+        if (gb == -1) *err = e_range;
+        else if (gb < 0) *err = e_mem; /* more than 2^32 symbols in one stream */
+    }
+    return gr;
+}
+
+/* encode_y's / decode_y's checks once their buffers are held: the model tables, the sizes
+ * (n = items of yo, the y or output buffer; msg if they differ) and the Gaussian tables */
+static int check_y_args(Buf *yo, Buf *ix, Buf *r, Buf *c, Buf *s, Buf *l, Buf *wk, Py_ssize_t stride, const char *msg,
+                        Models *m, Py_ssize_t *n) {
+    if (check_models(c, s, l, stride, m) < 0) return -1;
+    *n = nitems(yo);
+    if (nitems(ix) != *n || nitems(r) != m->nm || nitems(wk) < *n) {
+        PyErr_SetString(PyExc_ValueError, msg);
+        return -1;
+    }
+    return check_y_tables(m, (const int32_t *)r->b.buf);
+}
+
 /* encode_y(y int32 (n), idx uint8 (n), radius int32 (nm), cdf, size, lut, stride,
  *          work int32 (n) writable scratch) -> bytes */
 static PyObject *py_encode_y(PyObject *self, PyObject *args) {
     PyObject *yo, *io, *ro, *co, *so, *lo_, *wo;
-    Py_ssize_t stride;
+    Py_ssize_t stride, n;
+    Models m;
     if (!PyArg_ParseTuple(args, "OOOOOOnO", &yo, &io, &ro, &co, &so, &lo_, &stride, &wo)) return NULL;
     Buf y, ix, r, c, s, l, wk;
-    ix.held = r.held = c.held = s.held = l.held = wk.held = 0;
+    const BufArg ba[] = {{yo, &y, 4, 0, "y"}, {io, &ix, 1, 0, "indices"}, {ro, &r, 4, 0, "radius"}, {co, &c, 4, 0, "cdf"},
+                         {so, &s, 4, 0, "size"}, {lo_, &l, 1, 0, "lut"}, {wo, &wk, 4, 1, "work"}};
     PyObject *ret = NULL;
-    Models m;
-    if (get_buf(yo, &y, 4, 0, "y") < 0 || get_buf(io, &ix, 1, 0, "indices") < 0 || get_buf(ro, &r, 4, 0, "radius") < 0 ||
-        get_buf(co, &c, 4, 0, "cdf") < 0 || get_buf(so, &s, 4, 0, "size") < 0 || get_buf(lo_, &l, 1, 0, "lut") < 0 ||
-        get_buf(wo, &wk, 4, 1, "work") < 0 || check_models(&c, &s, &l, stride, &m) < 0)
+    if (get_bufs(ba, NBUF(ba)) < 0 ||
+        check_y_args(&y, &ix, &r, &c, &s, &l, &wk, stride, "y, indices, work and tables differ in size", &m, &n) < 0)
         goto done;
-    Py_ssize_t n = nitems(&y);
     const int32_t *rad = (const int32_t *)r.b.buf;
-    if (nitems(&ix) != n || nitems(&r) != m.nm || nitems(&wk) < n) {
-        PyErr_SetString(PyExc_ValueError, "y, indices, work and tables differ in size");
-        goto done;
-    }
-    if (check_y_tables(&m, rad) < 0) goto done;
     {
         const int32_t *yv = (const int32_t *)y.b.buf;
         const uint8_t *iv = (const uint8_t *)ix.b.buf;
@@ -713,13 +790,7 @@ static PyObject *py_encode_y(PyObject *self, PyObject *args) {
         Enc e;
         e.words = NULL;
         Py_BEGIN_ALLOW_THREADS
-        gr = (Groups *)malloc(sizeof(Groups));
-        if (!gr) err = 3;
-        else {
-            int gb = group_blocks(iv, n, m.nm, gr);
-            if (gb == -1) err = 1;
-            else if (gb < 0) err = 3; /* more than 2^32 symbols in one stream */
-        }
+        gr = group_y(iv, n, m.nm, &err, 1, 3);
         if (!err) {
             start = gr->start;
             group_move(gr, iv, yv, ys, 1);
@@ -784,37 +855,25 @@ static PyObject *py_encode_y(PyObject *self, PyObject *args) {
         ret = words_to_bytes(&e);
     }
 done:
-    rel(&y);
-    rel(&ix);
-    rel(&r);
-    rel(&c);
-    rel(&s);
-    rel(&l);
-    rel(&wk);
-    return ret;
+    return rel_bufs(ba, NBUF(ba), ret);
 }
 
 /* decode_y(data, out int32 (n) writable, idx uint8 (n), radius, cdf, size, lut, stride,
  *          work int32 (n) writable scratch) -> None */
 static PyObject *py_decode_y(PyObject *self, PyObject *args) {
     PyObject *dob, *oo, *io, *ro, *co, *so, *lo_, *wo;
-    Py_ssize_t stride;
+    Py_ssize_t stride, n;
+    Models m;
     if (!PyArg_ParseTuple(args, "OOOOOOOnO", &dob, &oo, &io, &ro, &co, &so, &lo_, &stride, &wo)) return NULL;
     Buf d, o, ix, r, c, s, l, wk;
-    o.held = ix.held = r.held = c.held = s.held = l.held = wk.held = 0;
+    const BufArg ba[] = {{dob, &d, 1, 0, "data"},  {oo, &o, 4, 1, "out"}, {io, &ix, 1, 0, "indices"},
+                         {ro, &r, 4, 0, "radius"}, {co, &c, 4, 0, "cdf"}, {so, &s, 4, 0, "size"},
+                         {lo_, &l, 1, 0, "lut"},   {wo, &wk, 4, 1, "work"}};
     PyObject *ret = NULL;
-    Models m;
-    if (get_buf(dob, &d, 1, 0, "data") < 0 || get_buf(oo, &o, 4, 1, "out") < 0 || get_buf(io, &ix, 1, 0, "indices") < 0 ||
-        get_buf(ro, &r, 4, 0, "radius") < 0 || get_buf(co, &c, 4, 0, "cdf") < 0 || get_buf(so, &s, 4, 0, "size") < 0 ||
-        get_buf(lo_, &l, 1, 0, "lut") < 0 || get_buf(wo, &wk, 4, 1, "work") < 0 || check_models(&c, &s, &l, stride, &m) < 0)
+    if (get_bufs(ba, NBUF(ba)) < 0 ||
+        check_y_args(&o, &ix, &r, &c, &s, &l, &wk, stride, "output, indices, work and tables differ in size", &m, &n) < 0)
         goto done;
-    Py_ssize_t n = nitems(&o);
     const int32_t *rad = (const int32_t *)r.b.buf;
-    if (nitems(&ix) != n || nitems(&r) != m.nm || nitems(&wk) < n) {
-        PyErr_SetString(PyExc_ValueError, "output, indices, work and tables differ in size");
-        goto done;
-    }
-    if (check_y_tables(&m, rad) < 0) goto done;
     {
         int32_t *ov = (int32_t *)o.b.buf;
         const uint8_t *iv = (const uint8_t *)ix.b.buf;
@@ -827,14 +886,8 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
         Py_ssize_t *start = NULL;
         int err = 0;
         Py_BEGIN_ALLOW_THREADS
-        gr = (Groups *)malloc(sizeof(Groups));
-        if (!gr) err = 9;
-        else {
-            int gb = group_blocks(iv, n, m.nm, gr);
-            if (gb == -1) err = 8;
-            else if (gb < 0) err = 9; /* more than 2^32 symbols in one stream */
-            else start = gr->start;
-        }
+        gr = group_y(iv, n, m.nm, &err, 8, 9);
+        if (!err) start = gr->start;
         Dec dd;
         dec_init(&dd, (const unsigned char *)d.b.buf, (size_t)d.b.len);
         for (Py_ssize_t k = 0; k < m.nm && !err; k++) {
@@ -930,8 +983,7 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
         free(escu);
         switch (err) {
             case 0:
-                Py_INCREF(Py_None);
-                ret = Py_None;
+                ret = Py_NewRef(Py_None);
                 break;
             case 1: raise_bitstream("latent stream is corrupted (invalid data)"); break;
             case 2: raise_bitstream("latent stream is corrupted (escaped value above 1073741824)"); break;
@@ -941,15 +993,7 @@ static PyObject *py_decode_y(PyObject *self, PyObject *args) {
         }
     }
 done:
-    rel(&d);
-    rel(&o);
-    rel(&ix);
-    rel(&r);
-    rel(&c);
-    rel(&s);
-    rel(&l);
-    rel(&wk);
-    return ret;
+    return rel_bufs(ba, NBUF(ba), ret);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -1101,6 +1145,48 @@ fail:
     return NULL;
 }
 
+/* tp[g] <= x < tp[g + 1] <=> g = #{T <= x}: tp[0] = -inf, tp[1 .. nt] = th, tp[nt + 1] = +inf
+ * (malloc'd; NULL when out of memory) */
+static double *threshold_table(const double *th, Py_ssize_t nt) {
+    double *tp = (double *)malloc((size_t)(nt + 2) * sizeof(double));
+    if (tp) {
+        tp[0] = -HUGE_VAL;
+        for (Py_ssize_t j = 0; j < nt; j++) tp[j + 1] = th[j];
+        tp[nt + 1] = HUGE_VAL;
+    }
+    return tp;
+}
+
+/* The threshold index of x = the float32 GEMM value + bo (tp[g] <= x < tp[g + 1]; tp as in
+ * last_layer_post), starting from the guess g: settled by the error bound where it can be,
+ * else from the exact integer 3x3 dot product of the weight row wrow (cin x 9) with xp at
+ * output row r, column col (counted in *nexact). */
+static uint8_t settle_exact(double xv, double bound, Py_ssize_t g, const double *tp, Py_ssize_t nt, double bo,
+                            const double *wrow, const float *xpv, Py_ssize_t cin, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t r,
+                            Py_ssize_t col, Py_ssize_t *nexact) {
+    int exact = 0;
+    for (;;) {
+        while (g < nt && xv >= tp[g + 1]) g++;
+        while (g > 0 && xv < tp[g]) g--;
+        if (exact || ((xv - bound >= tp[g]) & (xv + bound < tp[g + 1]))) return (uint8_t)g;
+        /* not settled by the bound: the exact integer dot product, in float64
+           (every product and partial sum is an integer below 2**53) */
+        /* three partial sums (one per kernel row): any order is exact */
+        double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0;
+        for (Py_ssize_t ci = 0; ci < cin; ci++) {
+            const double *wc = wrow + ci * 9;
+            const float *x0 = xpv + (ci * hp + r) * wp + col, *x1 = x0 + wp, *x2 = x1 + wp;
+            acc0 += wc[0] * (double)x0[0] + wc[1] * (double)x0[1] + wc[2] * (double)x0[2];
+            acc1 += wc[3] * (double)x1[0] + wc[4] * (double)x1[1] + wc[5] * (double)x1[2];
+            acc2 += wc[6] * (double)x2[0] + wc[7] * (double)x2[1] + wc[8] * (double)x2[2];
+        }
+        xv = (acc0 + acc1 + acc2) + bo;
+        exact = 1;
+        (*nexact)++;
+        if (xv != xv) return 0; /* cannot happen for finite inputs; keep the index defined */
+    }
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* integer scale net, last layer: threshold index of a float32 GEMM result with an error  */
 /* bound, exact float64 recomputation where the bound does not settle the index (see      */
@@ -1115,12 +1201,11 @@ static PyObject *py_last_layer_post(PyObject *self, PyObject *args) {
     Py_ssize_t cin, hp, wp, r0;
     if (!PyArg_ParseTuple(args, "OOOOOOOnnnnO", &vo, &bo, &wo, &co, &to, &oo, &xo, &cin, &hp, &wp, &r0, &w6o)) return NULL;
     Buf v, b, w, c, t, o, x, w6;
-    b.held = w.held = c.held = t.held = o.held = x.held = w6.held = 0;
+    const BufArg ba[] = {{vo, &v, 4, 0, "v"},          {bo, &b, 8, 0, "bias"},        {wo, &w, 8, 0, "wscale"},
+                         {co, &c, 8, 0, "colnorm"},    {to, &t, 8, 0, "thresholds"},  {oo, &o, 1, 1, "out"},
+                         {xo, &x, 4, 0, "xp"},         {w6o, &w6, 8, 0, "w64"}};
     PyObject *ret = NULL;
-    if (get_buf(vo, &v, 4, 0, "v") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(wo, &w, 8, 0, "wscale") < 0 ||
-        get_buf(co, &c, 8, 0, "colnorm") < 0 || get_buf(to, &t, 8, 0, "thresholds") < 0 ||
-        get_buf(oo, &o, 1, 1, "out") < 0 || get_buf(xo, &x, 4, 0, "xp") < 0 || get_buf(w6o, &w6, 8, 0, "w64") < 0)
-        goto done;
+    if (get_bufs(ba, NBUF(ba)) < 0) goto done;
     Py_ssize_t cout = nitems(&b), nt = nitems(&t), n = nitems(&c), wd = wp - 2;
     if (cin < 1 || hp < 3 || wd < 1 || n % wd || r0 < 0 || r0 + n / wd > hp - 2 || nitems(&v) != cout * n ||
         nitems(&w) != cout || nitems(&o) != cout * n || nitems(&x) != cin * hp * wp || nitems(&w6) != cout * cin * 9 ||
@@ -1136,14 +1221,8 @@ static PyObject *py_last_layer_post(PyObject *self, PyObject *args) {
         Py_ssize_t nexact = 0;
         int oom = 0;
         Py_BEGIN_ALLOW_THREADS
-        /* tp[g] <= x < tp[g + 1] <=> g = #{T <= x}; tp[0] = -inf, tp[nt + 1] = +inf */
-        double *tp = (double *)malloc((size_t)(nt + 2) * sizeof(double));
+        double *tp = threshold_table(th, nt);
         if (!tp) oom = 1;
-        else {
-            tp[0] = -HUGE_VAL;
-            for (Py_ssize_t j = 0; j < nt; j++) tp[j + 1] = th[j];
-            tp[nt + 1] = HUGE_VAL;
-        }
         double t0 = nt ? th[0] : 0.0, inv = 0.0, gmax = (double)nt;
         if (nt > 1 && th[nt - 1] > th[0]) inv = (double)(nt - 1) / (th[nt - 1] - th[0]);
         for (Py_ssize_t oc = 0; oc < cout && !oom; oc++) {
@@ -1163,51 +1242,16 @@ static PyObject *py_last_layer_post(PyObject *self, PyObject *args) {
                     orow[p] = (uint8_t)g;
                     continue;
                 }
-                int exact = 0;
-                for (;;) {
-                    while (g < nt && xv >= tp[g + 1]) g++;
-                    while (g > 0 && xv < tp[g]) g--;
-                    if (exact || ((xv - bound >= tp[g]) & (xv + bound < tp[g + 1]))) {
-                        orow[p] = (uint8_t)g;
-                        break;
-                    }
-                    /* not settled by the bound: the exact integer dot product, in float64
-                       (every product and partial sum is an integer below 2**53) */
-                    const double *wrow = wt + oc * cin * 9;
-                    Py_ssize_t r = r0 + p / wd, col = p % wd;
-                    double acc = 0.0;
-                    for (Py_ssize_t ci = 0; ci < cin; ci++)
-                        for (Py_ssize_t kh = 0; kh < 3; kh++)
-                            for (Py_ssize_t kw = 0; kw < 3; kw++)
-                                acc += wrow[(ci * 3 + kh) * 3 + kw] * (double)xpv[(ci * hp + r + kh) * wp + col + kw];
-                    xv = acc + bo;
-                    exact = 1;
-                    nexact++;
-                    if (xv != xv) { /* cannot happen for finite inputs; keep the index defined */
-                        orow[p] = 0;
-                        break;
-                    }
-                }
+                orow[p] = settle_exact(xv, bound, g, tp, nt, bo, wt + oc * cin * 9, xpv, cin, hp, wp, r0 + p / wd, p % wd,
+                                       &nexact);
             }
         }
         free(tp);
         Py_END_ALLOW_THREADS
-        if (oom) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        ret = PyLong_FromSsize_t(nexact);
+        ret = oom ? PyErr_NoMemory() : PyLong_FromSsize_t(nexact);
     }
 done:
-    rel(&v);
-    rel(&b);
-    rel(&w);
-    rel(&c);
-    rel(&t);
-    rel(&o);
-    rel(&x);
-    rel(&w6);
-    return ret;
+    return rel_bufs(ba, NBUF(ba), ret);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -1283,50 +1327,24 @@ ILC_SIMD static void settle_row(const float *restrict vrow, const double *restri
     }
 }
 
-static int get_buf_f(PyObject *o, Buf *out, int writable, const char *what) { /* float32 or float64 */
-    out->held = 0;
-    if (PyObject_GetBuffer(o, &out->b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return -1;
-    out->held = 1;
-    const char *f = out->b.format ? out->b.format : "B";
-    if (*f == '<' || *f == '=' || *f == '@') f++;
-    if (!((out->b.itemsize == 4 && f[0] == 'f' && !f[1]) || (out->b.itemsize == 8 && f[0] == 'd' && !f[1]))) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a float32 or float64 buffer", what);
-        return -1;
-    }
-    return 0;
-}
-
 /* im2col(xp float32 (cin, hp, wp), cin, hp, wp, r0, n, out (cin*9, n*(wp-2)) float32|float64):
  * out[(c*3+kh)*3+kw, i*wd+j] = xp[c, r0+i+kh, j+kw] for output rows r0 .. r0+n-1. */
 static PyObject *py_im2col(PyObject *self, PyObject *args) {
-    PyObject *xo, *oo;
-    Py_ssize_t cin, hp, wp, r0, n;
-    if (!PyArg_ParseTuple(args, "OnnnnnO", &xo, &cin, &hp, &wp, &r0, &n, &oo)) return NULL;
-    Buf x, o;
-    o.held = 0;
-    PyObject *ret = NULL;
-    if (get_buf(xo, &x, 4, 0, "xp") < 0 || get_buf_f(oo, &o, 1, "out") < 0) goto done;
-    Py_ssize_t wd = wp - 2;
-    if (cin < 1 || hp < 3 || wd < 1 || n < 1 || r0 < 0 || r0 + n > hp - 2 || nitems(&x) != cin * hp * wp ||
-        nitems(&o) != cin * 9 * n * wd) {
+    XpOut a;
+    if (get_xp_out(args, &a, 0) < 0) return rel_xp_out(&a, NULL);
+    const Py_ssize_t cin = a.cin, hp = a.hp, wp = a.wp, r0 = a.i0, n = a.cnt, wd = wp - 2;
+    if (cin < 1 || hp < 3 || wd < 1 || n < 1 || r0 < 0 || r0 + n > hp - 2 || nitems(&a.x) != cin * hp * wp ||
+        nitems(&a.o) != cin * 9 * n * wd) {
         PyErr_SetString(PyExc_ValueError, "im2col: inconsistent sizes");
-        goto done;
+        return rel_xp_out(&a, NULL);
     }
-    {
-        const float *xv = (const float *)x.b.buf;
-        int f64 = o.b.itemsize == 8;
-        void *ov = o.b.buf;
-        Py_BEGIN_ALLOW_THREADS
-        im2col_loop(xv, cin, hp, wp, r0, n, ov, f64);
-        Py_END_ALLOW_THREADS
-        Py_INCREF(Py_None);
-        ret = Py_None;
-    }
-done:
-    rel(&x);
-    rel(&o);
-    return ret;
+    const float *xv = (const float *)a.x.b.buf;
+    int f64 = a.o.b.itemsize == 8;
+    void *ov = a.o.b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    im2col_loop(xv, cin, hp, wp, r0, n, ov, f64);
+    Py_END_ALLOW_THREADS
+    return rel_xp_out(&a, Py_NewRef(Py_None));
 }
 
 /* hidden_post(acc float64 (cout, n*w), bias float64 (cout), shift k, act_max,
@@ -1341,10 +1359,9 @@ static PyObject *py_hidden_post(PyObject *self, PyObject *args) {
     Py_ssize_t k, amax, r0, n, w;
     if (!PyArg_ParseTuple(args, "OOnnOnnn", &ao, &bo, &k, &amax, &dobj, &r0, &n, &w)) return NULL;
     Buf a, b, d;
-    b.held = d.held = 0;
+    const BufArg ba[] = {{ao, &a, 8, 0, "acc"}, {bo, &b, 8, 0, "bias"}, {dobj, &d, 4, 1, "dst"}};
     PyObject *ret = NULL;
-    if (get_buf(ao, &a, 8, 0, "acc") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(dobj, &d, 4, 1, "dst") < 0)
-        goto done;
+    if (get_bufs(ba, NBUF(ba)) < 0) goto done;
     {
         Py_ssize_t cout = nitems(&b), nc = cout / 4, wp2 = 2 * w + 2;
         Py_ssize_t hp2 = nc > 0 && wp2 > 0 ? nitems(&d) / (nc * wp2) : 0;
@@ -1359,14 +1376,10 @@ static PyObject *py_hidden_post(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         hidden_post_loop(av, bias, cout, n, w, inv, top, dv, hp2, wp2, r0);
         Py_END_ALLOW_THREADS
-        Py_INCREF(Py_None);
-        ret = Py_None;
+        ret = Py_NewRef(Py_None);
     }
 done:
-    rel(&a);
-    rel(&b);
-    rel(&d);
-    return ret;
+    return rel_bufs(ba, NBUF(ba), ret);
 }
 
 /* last_post(v32 float32 (cout*n), bias f64 (cout), wscale f64 (cout), thresholds f64 (nt),
@@ -1382,12 +1395,10 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
     Py_ssize_t cin, hp, wp, r0;
     if (!PyArg_ParseTuple(args, "OOOOOOnnnnO", &vo, &bo, &wo, &to, &oo, &xo, &cin, &hp, &wp, &r0, &w6o)) return NULL;
     Buf v, b, w, t, o, x, w6;
-    b.held = w.held = t.held = o.held = x.held = w6.held = 0;
+    const BufArg ba[] = {{vo, &v, 4, 0, "v"},   {bo, &b, 8, 0, "bias"}, {wo, &w, 8, 0, "wscale"}, {to, &t, 8, 0, "thresholds"},
+                         {oo, &o, 1, 1, "out"}, {xo, &x, 4, 0, "xp"},   {w6o, &w6, 8, 0, "w64"}};
     PyObject *ret = NULL;
-    if (get_buf(vo, &v, 4, 0, "v") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(wo, &w, 8, 0, "wscale") < 0 ||
-        get_buf(to, &t, 8, 0, "thresholds") < 0 || get_buf(oo, &o, 1, 1, "out") < 0 || get_buf(xo, &x, 4, 0, "xp") < 0 ||
-        get_buf(w6o, &w6, 8, 0, "w64") < 0)
-        goto done;
+    if (get_bufs(ba, NBUF(ba)) < 0) goto done;
     Py_ssize_t cout = nitems(&b), nt = nitems(&t), wd = wp - 2, h = hp - 2;
     Py_ssize_t n = cout > 0 ? nitems(&v) / cout : 0, nr = wd > 0 ? n / wd : 0;
     if (cin < 1 || h < 1 || wd < 1 || cout < 1 || nr < 1 || nr * wd != n || nitems(&v) != cout * n || r0 < 0 ||
@@ -1404,14 +1415,11 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
         Py_ssize_t nexact = 0;
         int oom = 0;
         Py_BEGIN_ALLOW_THREADS
-        double *tp = (double *)malloc((size_t)(nt + 2) * sizeof(double));
         double *sq = (double *)calloc((size_t)(nr + 2) * (size_t)wp, sizeof(double));
         double *cn = (double *)malloc((size_t)n * sizeof(double));
+        double *tp = threshold_table(th, nt);
         if (!tp || !sq || !cn) oom = 1;
         if (!oom) {
-            tp[0] = -HUGE_VAL;
-            for (Py_ssize_t j = 0; j < nt; j++) tp[j + 1] = th[j];
-            tp[nt + 1] = HUGE_VAL;
             /* per padded pixel: sum over channels of a^2 (rows r0 .. r0+nr+1 of xp) */
             for (Py_ssize_t c = 0; c < cin; c++) {
                 const float *restrict src = xpv + (c * hp + r0) * wp;
@@ -1470,56 +1478,18 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
                 double xv = (double)vrow[p] + bo;
                 double bound = wo * cn[p];
                 Py_ssize_t g = 0;
-                int exact = 0;
-                for (;;) {
-                    while (g < nt && xv >= tp[g + 1]) g++;
-                    while (g > 0 && xv < tp[g]) g--;
-                    if (exact || ((xv - bound >= tp[g]) & (xv + bound < tp[g + 1]))) {
-                        orow[p] = (uint8_t)g;
-                        break;
-                    }
-                    /* not settled by the bound: the exact integer dot product, in float64
-                       (every product and partial sum is an integer below 2**53) */
-                    const double *wrow = wt + oc * cin * 9;
-                    Py_ssize_t r = r0 + p / wd, col = p % wd;
-                    /* three partial sums (one per kernel row): any order is exact */
-                    double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0;
-                    for (Py_ssize_t ci = 0; ci < cin; ci++) {
-                        const double *wc = wrow + ci * 9;
-                        const float *x0 = xpv + (ci * hp + r) * wp + col, *x1 = x0 + wp, *x2 = x1 + wp;
-                        acc0 += wc[0] * (double)x0[0] + wc[1] * (double)x0[1] + wc[2] * (double)x0[2];
-                        acc1 += wc[3] * (double)x1[0] + wc[4] * (double)x1[1] + wc[5] * (double)x1[2];
-                        acc2 += wc[6] * (double)x2[0] + wc[7] * (double)x2[1] + wc[8] * (double)x2[2];
-                    }
-                    xv = (acc0 + acc1 + acc2) + bo;
-                    exact = 1;
-                    nexact++;
-                    if (xv != xv) { /* cannot happen for finite inputs; keep the index defined */
-                        orow[p] = 0;
-                        break;
-                    }
-                }
+                orow[p] = settle_exact(xv, bound, g, tp, nt, bo, wt + oc * cin * 9, xpv, cin, hp, wp, r0 + p / wd, p % wd,
+                                       &nexact);
             }
         }
         free(tp);
         free(sq);
         free(cn);
         Py_END_ALLOW_THREADS
-        if (oom) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        ret = PyLong_FromSsize_t(nexact);
+        ret = oom ? PyErr_NoMemory() : PyLong_FromSsize_t(nexact);
     }
 done:
-    rel(&v);
-    rel(&b);
-    rel(&w);
-    rel(&t);
-    rel(&o);
-    rel(&x);
-    rel(&w6);
-    return ret;
+    return rel_bufs(ba, NBUF(ba), ret);
 }
 
 /* Winograd F(2x2, 3x3) for the hidden layers (intnet._hidden_c, when the tables pass the
@@ -1564,32 +1534,21 @@ ILC_SIMD static void wino_in_loop(const float *xv, Py_ssize_t cin, Py_ssize_t hp
 }
 
 static PyObject *py_wino_in(PyObject *self, PyObject *args) {
-    PyObject *xo, *oo;
-    Py_ssize_t cin, hp, wp, t0, nt;
-    if (!PyArg_ParseTuple(args, "OnnnnnO", &xo, &cin, &hp, &wp, &t0, &nt, &oo)) return NULL;
-    Buf x, o;
-    o.held = 0;
-    PyObject *ret = NULL;
-    if (get_buf(xo, &x, 4, 0, "xp") < 0 || get_buf(oo, &o, 8, 1, "out") < 0) goto done;
-    {
-        Py_ssize_t tw = (wp - 1) / 2, th = (hp - 1) / 2; /* ceil((wp - 2) / 2) */
-        if (cin < 1 || hp < 3 || wp < 3 || nt < 1 || t0 < 0 || t0 + nt > th || nitems(&x) != cin * hp * wp ||
-            nitems(&o) != 16 * cin * nt * tw) {
-            PyErr_SetString(PyExc_ValueError, "wino_in: inconsistent sizes");
-            goto done;
-        }
-        const float *xv = (const float *)x.b.buf;
-        double *ov = (double *)o.b.buf;
-        Py_BEGIN_ALLOW_THREADS
-        wino_in_loop(xv, cin, hp, wp, t0, nt, tw, ov);
-        Py_END_ALLOW_THREADS
-        Py_INCREF(Py_None);
-        ret = Py_None;
+    XpOut a;
+    if (get_xp_out(args, &a, 8) < 0) return rel_xp_out(&a, NULL);
+    const Py_ssize_t cin = a.cin, hp = a.hp, wp = a.wp, t0 = a.i0, nt = a.cnt;
+    const Py_ssize_t tw = (wp - 1) / 2, th = (hp - 1) / 2; /* ceil((wp - 2) / 2) */
+    if (cin < 1 || hp < 3 || wp < 3 || nt < 1 || t0 < 0 || t0 + nt > th || nitems(&a.x) != cin * hp * wp ||
+        nitems(&a.o) != 16 * cin * nt * tw) {
+        PyErr_SetString(PyExc_ValueError, "wino_in: inconsistent sizes");
+        return rel_xp_out(&a, NULL);
     }
-done:
-    rel(&x);
-    rel(&o);
-    return ret;
+    const float *xv = (const float *)a.x.b.buf;
+    double *ov = (double *)a.o.b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    wino_in_loop(xv, cin, hp, wp, t0, nt, tw, ov);
+    Py_END_ALLOW_THREADS
+    return rel_xp_out(&a, Py_NewRef(Py_None));
 }
 
 #define WINO_CHUNK 64
@@ -1712,10 +1671,9 @@ static PyObject *py_wino_post(PyObject *self, PyObject *args) {
     int fast = 0;
     if (!PyArg_ParseTuple(args, "OOnnOnnnn|p", &mo, &bo, &k, &amax, &dobj, &t0, &nt, &h, &w, &fast)) return NULL;
     Buf m, b, d;
-    b.held = d.held = 0;
+    const BufArg ba[] = {{mo, &m, 8, 0, "m"}, {bo, &b, 8, 0, "bias"}, {dobj, &d, 4, 1, "dst"}};
     PyObject *ret = NULL;
-    if (get_buf(mo, &m, 8, 0, "m") < 0 || get_buf(bo, &b, 8, 0, "bias") < 0 || get_buf(dobj, &d, 4, 1, "dst") < 0)
-        goto done;
+    if (get_bufs(ba, NBUF(ba)) < 0) goto done;
     {
         Py_ssize_t cout = nitems(&b), nc = cout / 4, wp2 = 2 * w + 2, tw = (w + 1) / 2, th = (h + 1) / 2;
         Py_ssize_t hp2 = 2 * h + 2;
@@ -1731,14 +1689,10 @@ static PyObject *py_wino_post(PyObject *self, PyObject *args) {
         if (fast) wino_post_fast_loop(mv, bias, cout, nt, tw, (int)k, (int64_t)amax, dv, hp2, wp2, t0, h, w);
         else wino_post_loop(mv, bias, cout, nt, tw, (int)k, (int64_t)amax, dv, hp2, wp2, t0, h, w);
         Py_END_ALLOW_THREADS
-        Py_INCREF(Py_None);
-        ret = Py_None;
+        ret = Py_NewRef(Py_None);
     }
 done:
-    rel(&m);
-    rel(&b);
-    rel(&d);
-    return ret;
+    return rel_bufs(ba, NBUF(ba), ret);
 }
 
 static PyObject *py_set_error_class(PyObject *self, PyObject *cls) {
