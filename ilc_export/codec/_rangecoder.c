@@ -1616,7 +1616,7 @@ ILC_SIMD static void wino_post_fast_loop(const double *mv, const int64_t *bias, 
         for (Py_ssize_t ti = 0; ti < nt; ti++)
             for (Py_ssize_t j0 = 0; j0 < tw; j0 += WINO_CHUNK) {
                 const Py_ssize_t nj = tw - j0 < WINO_CHUNK ? tw - j0 : WINO_CHUNK;
-                const double *m = mv + o * np_ + ti * tw + j0;
+                const double *m = mv + (o * nt + ti) * tw + j0; /* o * np_ + ti * tw + j0 */
                 for (int a = 0; a < 4; a++) {
                     const double *restrict p0 = m + (4 * a) * plane, *restrict p1 = p0 + plane, *restrict p2 = p1 + plane,
                                            *restrict p3 = p2 + plane;
