@@ -125,7 +125,7 @@ def find_onnx(onnx_dir: Path, graph: str, fp16: bool, manifest: dict | None = No
     manifest = manifest if manifest is not None else load_onnx_manifest(onnx_dir)
     prec = "fp16" if fp16 else "fp32"
     listed = (manifest.get("precisions") or {}).get(prec) or {}
-    if graph in listed:  # the export manifest says (ilc_export.export.manifest)
+    if graph in listed:  # the export manifest says (ilc_export.contract.manifest)
         names = [listed[graph]]
     elif manifest.get("precisions"):
         hint = " (export with --fp16)" if fp16 else ""
