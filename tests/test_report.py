@@ -38,3 +38,17 @@ def test_bd_rate_refuses_non_monotonic_curves():
     a = curve([0.2, 0.4, 0.8], [25, 27, 29])
     b = curve([0.2, 0.3, 0.4], [26, 27, 25])  # quality falls at the top: BD-rate undefined
     assert math.isnan(bd_rate(a, b))
+
+
+def test_pillow_curve_codes_real_files(tmp_path):
+    """The anchors come from real Pillow files: bpp from the encoded size, PSNR of the decoded image."""
+    from PIL import Image
+
+    from ilc_export.verify.rd import pillow_curve
+
+    rng = np.random.default_rng(0)
+    img = np.clip(np.kron(rng.integers(0, 256, (8, 12, 3)), np.ones((8, 8, 1))) + rng.normal(0, 8, (64, 96, 3)), 0, 255)
+    Image.fromarray(img.astype(np.uint8)).save(tmp_path / "a.png")
+    c = pillow_curve(tmp_path, "JPEG", qualities=[10, 90])
+    bpp, psnr = c["results"]["bpp"], c["results"]["psnr-rgb"]
+    assert len(bpp) == 2 and 0 < bpp[0] < bpp[1] and 10 < psnr[0] < psnr[1] < 60

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 from ..contract.files import write_atomic
-from ..pipeline.api import evaluate_image, expand_inputs, open_codec
+from ..pipeline.api import expand_inputs
 from ..pipeline.image_io import IMAGE_SUFFIXES, load_rgb
+from ..pipeline.metrics import ms_ssim, psnr
 from ..pipeline.models import model_id, shipped_checkpoint, shipped_qualities
 
 
