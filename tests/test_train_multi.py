@@ -181,14 +181,18 @@ def test_deadline_stops_with_saved_state(tmp_path):
             assert read_index(tmp_path / "r" / name)["step"] == last  # nothing stepped is lost
 
 
+def _spawn_multi(plan, out_root, **popen):
+    """ilc-train-multi on `plan` as a child process (to be signalled), one thread, no status lines."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "reference"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "ilc_reference.multitrain", "--plan", str(plan), "--out-root",
+                             str(out_root), "--threads", "1", "--status-every-s", "0"], env=env, **popen)
+
+
 def test_sigterm_saves_and_resume_matches(tmp_path):
     """A worker killed politely (SIGTERM) saves its step; resuming to N equals N straight."""
     data = _images(tmp_path / "imgs")
     plan = _plan(tmp_path, data, steps=10**6, ckpt_every=1)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "reference"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.Popen([sys.executable, "-m", "ilc_reference.multitrain", "--plan", str(plan), "--out-root",
-                          str(tmp_path / "k"), "--threads", "1", "--status-every-s", "0"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p = _spawn_multi(plan, tmp_path / "k", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     idx = tmp_path / "k" / "base_b" / INDEX
     t0 = time.time()
     while not idx.exists() and time.time() - t0 < 120 and p.poll() is None:
@@ -213,10 +217,7 @@ def test_hard_kill_loses_only_unsaved_steps(tmp_path):
     the log is trimmed to it on resume, and resuming to N equals N straight."""
     data = _images(tmp_path / "imgs")
     plan = _plan(tmp_path, data, steps=10**6, ckpt_every=1)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "reference"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.Popen([sys.executable, "-m", "ilc_reference.multitrain", "--plan", str(plan), "--out-root",
-                          str(tmp_path / "k"), "--threads", "1", "--status-every-s", "0"], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = _spawn_multi(plan, tmp_path / "k", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while time.time() - t0 < 120 and p.poll() is None:
         idx = read_index(tmp_path / "k" / "base_b") if (tmp_path / "k" / "base_b" / INDEX).exists() else None
