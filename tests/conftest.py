@@ -9,6 +9,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ILC_SHARED") or ROOT.parent / "shared") / "data"
 SAMPLE = ROOT / "ilc_export" / "data" / "kodim23.png"
 
+#: the start of a `python -c` script for a box without PyTorch: any import of torch fails as
+#: it does where torch is not installed
+BLOCK_TORCH = """
+import sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+"""
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():

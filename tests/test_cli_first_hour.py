@@ -20,7 +20,7 @@ from ilc_export.cli.run_cli import app
 from ilc_export.codec.bitstream import unpack
 from ilc_export.pipeline.models import checkpoint_dir
 
-from conftest import ROOT, SAMPLE
+from conftest import BLOCK_TORCH, ROOT, SAMPLE
 
 runner = CliRunner()
 
@@ -144,16 +144,7 @@ def test_baseline_codes_on_every_backend(tmp_path):
 
 
 # 4 ------------------------------------------------------------------------------------------
-NO_TORCH = textwrap.dedent('''
-    import sys
-
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("No module named 'torch'")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
+NO_TORCH = BLOCK_TORCH + textwrap.dedent('''
     sys.argv = sys.argv[1:]
     from ilc_export.cli.{mod} import app
     try:

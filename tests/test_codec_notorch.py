@@ -5,18 +5,9 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent(r'''
-    import sys
+from conftest import BLOCK_TORCH
 
-    class NoTorch:
-        """Make any attempt to import torch fail loudly."""
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
-
+SCRIPT = BLOCK_TORCH + textwrap.dedent(r'''
     import numpy as np
     from safetensors.numpy import save_file
 
