@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -22,32 +21,13 @@ import torch
 from PIL import Image
 
 from ilc_export.pipeline.api import open_codec
-from ilc_export.pipeline.codec import ImageCodec
-from ilc_export.pipeline.image_io import load_rgb, model_input
+from ilc_export.pipeline.image_io import load_rgb
+from ilc_export.pipeline.metrics import psnr
 from ilc_export.pipeline.models import shipped_checkpoint, shipped_qualities
 from ilc_export.verify.rd import bd_rate, pillow_curve
-from ilc_reference.refine import DEFAULT_ITERS, DEFAULT_LR, refine_latents
+from ilc_reference.refine import DEFAULT_ITERS, DEFAULT_LR
 
 KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
-
-
-class RefiningCodec(ImageCodec):
-    """ImageCodec whose encoder refines y before quantisation (torch runner, host path)."""
-
-    def __init__(self, runner, iters: int, lr: float):
-        super().__init__(runner, fused=False)
-        self.iters, self.lr = iters, lr
-
-    def latents(self, img):
-        lat = super().latents(img)
-        m = self.runner.model
-        dev = next(m.parameters()).device
-        x = torch.from_numpy(model_input(img)).to(dev)
-        w_hat = torch.from_numpy(lat["w_hat"][None].astype(np.float32)).to(dev)
-        y = refine_latents(m, x, torch.from_numpy(lat["y"][None].copy()).to(dev), w_hat, self.iters, self.lr,
-                           valid=img.shape[:2])
-        lat["y"] = y[0].cpu().numpy()
-        return lat
 
 
 def make_crops(src: Path, dst: Path, crop: int) -> list[Path]:
@@ -66,10 +46,6 @@ def make_crops(src: Path, dst: Path, crop: int) -> list[Path]:
     return out
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return 10 * math.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2))
-
-
 def run(a) -> None:
     torch.set_num_threads(a.threads)
     crops = make_crops(Path(a.images), Path(a.out) / "crops", a.crop)[:a.limit or None]
@@ -78,13 +54,15 @@ def run(a) -> None:
     if log.exists():
         done = {(r["q"], r["image"], r["iters"]) for r in map(json.loads, log.read_text().splitlines())}
     for q in shipped_qualities(a.kind):
-        base = open_codec(shipped_checkpoint(q, a.kind), backend="torch", device=a.device)
+        ckpt = shipped_checkpoint(q, a.kind)
+        base = open_codec(ckpt, backend="torch", device=a.device)
+        refining = open_codec(ckpt, backend="torch", device=a.device, refine=a.iters, refine_lr=a.lr)
         for p in crops:
             img = load_rgb(p)[0]
             for iters in (0, a.iters):
                 if (q, p.name, iters) in done:
                     continue
-                codec = RefiningCodec(base.runner, iters, a.lr) if iters else base
+                codec = refining if iters else base  # the torch backend's REFINE: ilc-run compress --refine
                 t = time.perf_counter()
                 data, _ = codec.compress(img)
                 enc = time.perf_counter() - t
