@@ -100,27 +100,31 @@ def test_c_path_band_splits(shipped, monkeypatch):
         np.testing.assert_array_equal(intnet.scale_indices(tab, w_hat), ref)
 
 
-@pytest.mark.parametrize("variant", ["off", "layer1", "both", "scalar_post", "bands"])
+@pytest.mark.parametrize("variant", ["off", "layer1", "both", "scalar_post", "bands", "last_direct"])
 def test_winograd_hidden_layers(shipped, monkeypatch, variant):
-    """The Winograd F(2x2, 3x3) hidden layers give the direct path's activations: off, on
-    layer 1 (the default), on both layers (odd sizes: padded tiles), with wino_post's scalar
-    int64 loop instead of the vectorised one, and in small bands."""
+    """The Winograd F(2x2, 3x3) layers give the direct path's activations and indices: off,
+    on layers 1 and 2 (the default), on every layer (odd sizes: padded tiles), with
+    wino_post's scalar int64 loop instead of the vectorised one, in small bands, and with
+    the last layer on the im2col GEMM."""
     if variant == "off":
         monkeypatch.setenv(intnet.WINOGRAD_ENV, "0")
     elif variant == "both":
-        monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (0, 1))
+        monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (0, 1, 2))
     elif variant == "bands":
-        monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (0, 1))
+        monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (0, 1, 2))
         monkeypatch.setattr(intnet, "BAND_BYTES", 1)
+    elif variant == "last_direct":
+        monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (1,))
     rng = np.random.default_rng(21)
     for name, tab in shipped.items():
         if variant != "layer1" and name != "ilc-q2":
             continue  # the other models run the default (layer 1) in the tests above
         prep = intnet._prepared(tab)
         assert prep["wino"][1] is not None, name  # the shipped tables pass the bound
+        assert prep["wino_last"] is not None, name
         if variant == "scalar_post":
             prep["wino"] = [None if x is None else (x[0], x[1], False) for x in prep["wino"]]
-            monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (0, 1))
+            monkeypatch.setattr(intnet, "WINOGRAD_LAYERS", (0, 1, 2))
         lo, hi = _support(tab)
         for h, w in ((1, 1), (2, 3), (5, 4), (9, 15)):
             _check_same(tab, (lo + rng.integers(0, 1 << 20, (tab.hyper_channels, h, w)) % (hi - lo + 1)))
@@ -139,6 +143,66 @@ def test_winograd_bound_refuses():
     assert intnet._winograd_weights(w, b, 2**29) is None  # 2**53: refused
     assert intnet._winograd_weights(w, b, 2**20)[2] is True
     assert intnet._winograd_weights(w[:3], b[:3], 1) is None  # cout not a multiple of 4
+
+
+def _last_layer_inputs(tab, h, w, rng):
+    """Activations (the last layer's input) at its edges: act_max everywhere, checkerboards of
+    0 / act_max, random extremes, random values, and patterns aligned with the signs of one
+    output channel's weights."""
+    top = int(tab.act_max[1])
+    nh = tab.weights[2].shape[1]
+    yield np.full((nh, h, w), top)
+    cb = (np.indices((h, w)).sum(0) % 2)[None]
+    yield np.broadcast_to(cb * top, (nh, h, w))
+    yield np.where(rng.random((nh, h, w)) < 0.5, 0, top)
+    yield rng.integers(0, top + 1, (nh, h, w))
+    w2 = tab.weights[2]
+    for o in rng.choice(w2.shape[0], 2, replace=False):
+        yield np.broadcast_to((w2[o][:, 1, 1] > 0)[:, None, None] * top, (nh, h, w))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (8, 9), (36, 60)])
+def test_winograd_last_layer_error_bound(shipped, hw):
+    """The float32 Winograd last layer stays within its stated error bound of the exact
+    integer conv: |v32 - (conv - ...)| <= wscale_o * cn_p for every element (the bound
+    last_post relies on), on activations at the edges of their range, odd sizes included."""
+    from ilc_export.codec import _rangecoder as rc
+
+    h, w = hw
+    rng = np.random.default_rng(h * 100 + w)
+    worst = 0.0
+    for name in ("ilc-q1", "ilc-q2", "baseline-q3"):
+        tab = shipped[name]
+        u32, wscale = intnet._winograd_last_weights(tab.weights[2], int(tab.act_max[1]))
+        cout, cin = u32.shape[1:]
+        th, tw = (h + 1) // 2, (w + 1) // 2
+        w_direct = tab.weights[2].astype(np.float64)
+        for a in _last_layer_inputs(tab, h, w, rng):
+            xp = np.zeros((cin, h + 2, w + 2), np.float32)
+            xp[:, 1:-1, 1:-1] = a
+            v = np.empty((16, cin, th * tw), np.float32)
+            norms = np.empty((16, th * tw))
+            rc.wino_in(xp, cin, h + 2, w + 2, 0, th, v, norms)
+            m = np.matmul(u32, v)
+            vv = np.empty((cout, h * w), np.float32)
+            cn = np.empty(h * w)
+            rc.wino_last_out(m, norms, 0, th, h, w, vv, cn)
+            exact = np.zeros((cout, h, w))  # conv3x3 without bias, exact in float64 (accumulator bound)
+            for kh in range(3):
+                for kw in range(3):
+                    exact += np.einsum("oc,chw->ohw", w_direct[:, :, kh, kw], xp[:, kh:kh + h, kw:kw + w].astype(np.float64))
+            err = np.abs(vv.astype(np.float64) - exact.reshape(cout, -1))
+            bound = wscale[:, None] * cn[None, :]
+            assert (err <= bound).all(), (name, float((err / np.maximum(bound, 1e-300)).max()))
+            worst = max(worst, float((err / np.maximum(bound, 1e-300)).max()))
+    assert worst < 1.0
+
+
+def test_winograd_last_layer_refuses_inexact_inputs():
+    w = np.ones((3, 2, 3, 3), np.int32)
+    assert intnet._winograd_last_weights(w, 2**21) is not None
+    assert intnet._winograd_last_weights(w, 2**22) is None  # V up to 2**24: not exact in float32
+    assert intnet._winograd_last_weights(w.astype(np.int64) << 31, 1) is None
 
 
 def _forged(tab, kind):

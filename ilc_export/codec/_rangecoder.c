@@ -1270,6 +1270,13 @@ done:
 #else
 #define ILC_SIMD
 #endif
+/* the Winograd transforms store to 16 planes that never overlap (plane >= the row length);
+ * without this GCC gives up on the alias checks and leaves those loops scalar */
+#if defined(__GNUC__) && !defined(__clang__)
+#define ILC_IVDEP _Pragma("GCC ivdep")
+#else
+#define ILC_IVDEP
+#endif
 
 ILC_SIMD static void im2col_loop(const float *xv, Py_ssize_t cin, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t r0,
                                  Py_ssize_t n, void *ov, int f64) {
@@ -1391,19 +1398,21 @@ done:
  * below 2^53; one correctly rounded sqrt; a relative margin of 1e-12, and wscale carries
  * 2^-20), and a table-free settling pass first (intnet's module docstring has the argument). */
 static PyObject *py_last_post(PyObject *self, PyObject *args) {
-    PyObject *vo, *bo, *wo, *to, *oo, *xo, *w6o;
+    PyObject *vo, *bo, *wo, *to, *oo, *xo, *w6o, *cno = Py_None;
     Py_ssize_t cin, hp, wp, r0;
-    if (!PyArg_ParseTuple(args, "OOOOOOnnnnO", &vo, &bo, &wo, &to, &oo, &xo, &cin, &hp, &wp, &r0, &w6o)) return NULL;
-    Buf v, b, w, t, o, x, w6;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnO|O", &vo, &bo, &wo, &to, &oo, &xo, &cin, &hp, &wp, &r0, &w6o, &cno)) return NULL;
+    Buf v, b, w, t, o, x, w6, cb;
+    cb.held = 0;
     const BufArg ba[] = {{vo, &v, 4, 0, "v"},   {bo, &b, 8, 0, "bias"}, {wo, &w, 8, 0, "wscale"}, {to, &t, 8, 0, "thresholds"},
                          {oo, &o, 1, 1, "out"}, {xo, &x, 4, 0, "xp"},   {w6o, &w6, 8, 0, "w64"}};
     PyObject *ret = NULL;
     if (get_bufs(ba, NBUF(ba)) < 0) goto done;
+    if (cno != Py_None && get_buf(cno, &cb, 8, 0, "cn") < 0) goto done;
     Py_ssize_t cout = nitems(&b), nt = nitems(&t), wd = wp - 2, h = hp - 2;
     Py_ssize_t n = cout > 0 ? nitems(&v) / cout : 0, nr = wd > 0 ? n / wd : 0;
     if (cin < 1 || h < 1 || wd < 1 || cout < 1 || nr < 1 || nr * wd != n || nitems(&v) != cout * n || r0 < 0 ||
         r0 + nr > h || nitems(&w) != cout || nitems(&o) != cout * h * wd || nitems(&x) != cin * hp * wp ||
-        nitems(&w6) != cout * cin * 9 || nt > 254) { /* 255 marks unsettled elements below */
+        nitems(&w6) != cout * cin * 9 || nt > 254 || (cb.held && nitems(&cb) != n)) { /* 255 marks unsettled elements below */
         PyErr_SetString(PyExc_ValueError, "last_post: inconsistent sizes");
         goto done;
     }
@@ -1415,11 +1424,12 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
         Py_ssize_t nexact = 0;
         int oom = 0;
         Py_BEGIN_ALLOW_THREADS
-        double *sq = (double *)calloc((size_t)(nr + 2) * (size_t)wp, sizeof(double));
-        double *cn = (double *)malloc((size_t)n * sizeof(double));
+        const int own_cn = !cb.held; /* else the caller's column bounds (wino_last_out) */
+        double *sq = own_cn ? (double *)calloc((size_t)(nr + 2) * (size_t)wp, sizeof(double)) : NULL;
+        double *cn = own_cn ? (double *)malloc((size_t)n * sizeof(double)) : (double *)cb.b.buf;
         double *tp = threshold_table(th, nt);
-        if (!tp || !sq || !cn) oom = 1;
-        if (!oom) {
+        if (!tp || (own_cn && !sq) || !cn) oom = 1;
+        if (!oom && own_cn) {
             /* per padded pixel: sum over channels of a^2 (rows r0 .. r0+nr+1 of xp) */
             for (Py_ssize_t c = 0; c < cin; c++) {
                 const float *restrict src = xpv + (c * hp + r0) * wp;
@@ -1484,11 +1494,12 @@ static PyObject *py_last_post(PyObject *self, PyObject *args) {
         }
         free(tp);
         free(sq);
-        free(cn);
+        if (own_cn) free(cn);
         Py_END_ALLOW_THREADS
         ret = oom ? PyErr_NoMemory() : PyLong_FromSsize_t(nexact);
     }
 done:
+    rel(&cb);
     return rel_bufs(ba, NBUF(ba), ret);
 }
 
@@ -1505,50 +1516,133 @@ done:
  * tw = ceil((wp-2)/2) tile columns; tile (ti, tj) covers output rows 2(t0+ti) .. +1 and
  * columns 2tj .. 2tj+1, input rows 2(t0+ti) .. +3 of xp (reads past the padded array are 0:
  * an odd output size gets one extra row / column, computed and not written back). */
-ILC_SIMD static void wino_in_loop(const float *xv, Py_ssize_t cin, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t t0,
-                                  Py_ssize_t nt, Py_ssize_t tw, double *ov) {
-    const Py_ssize_t np_ = nt * tw, plane = cin * np_;
+/* one channel's tile row: the 4 input rows split into even and odd columns, E_a[k] = row_a[2k],
+ * O_a[k] = row_a[2k+1] (k = 0 .. tw, zero past the input; buf: E_0 O_0 E_1 O_1 ..., each
+ * tw + 1 doubles), so tile tj reads E_a[tj], O_a[tj], E_a[tj+1], O_a[tj+1]: unit-stride
+ * loops over tj that the compiler vectorises */
+#define WINO_IN_TILE(buf, ln, tj)                                                                                     \
+    const double *restrict E0 = (buf), *restrict O0 = E0 + (ln), *restrict E1 = O0 + (ln), *restrict O1 = E1 + (ln), \
+                           *restrict E2 = O1 + (ln), *restrict O2 = E2 + (ln), *restrict E3 = O2 + (ln),              \
+                           *restrict O3 = E3 + (ln);                                                               \
+    const double t00 = E0[tj] - E2[tj], t01 = O0[tj] - O2[tj], t02 = E0[tj + 1] - E2[tj + 1],                      \
+                 t03 = O0[tj + 1] - O2[tj + 1];                                                                     \
+    const double t10 = E1[tj] + E2[tj], t11 = O1[tj] + O2[tj], t12 = E1[tj + 1] + E2[tj + 1],                      \
+                 t13 = O1[tj + 1] + O2[tj + 1];                                                                     \
+    const double t20 = E2[tj] - E1[tj], t21 = O2[tj] - O1[tj], t22 = E2[tj + 1] - E1[tj + 1],                      \
+                 t23 = O2[tj + 1] - O1[tj + 1];                                                                     \
+    const double t30 = E1[tj] - E3[tj], t31 = O1[tj] - O3[tj], t32 = E1[tj + 1] - E3[tj + 1],                      \
+                 t33 = O1[tj + 1] - O3[tj + 1];                                                                     \
+    const double V0 = t00 - t02, V1 = t01 + t02, V2 = t02 - t01, V3 = t01 - t03, V4 = t10 - t12, V5 = t11 + t12,   \
+                 V6 = t12 - t11, V7 = t11 - t13, V8 = t20 - t22, V9 = t21 + t22, V10 = t22 - t21, V11 = t21 - t23, \
+                 V12 = t30 - t32, V13 = t31 + t32, V14 = t32 - t31, V15 = t31 - t33;
+
+#define WINO_STORE16(o, plane, tj, CAST, OP)                                                                          \
+    o[0 * (plane) + (tj)] OP CAST(V0); o[1 * (plane) + (tj)] OP CAST(V1); o[2 * (plane) + (tj)] OP CAST(V2);        \
+    o[3 * (plane) + (tj)] OP CAST(V3); o[4 * (plane) + (tj)] OP CAST(V4); o[5 * (plane) + (tj)] OP CAST(V5);        \
+    o[6 * (plane) + (tj)] OP CAST(V6); o[7 * (plane) + (tj)] OP CAST(V7); o[8 * (plane) + (tj)] OP CAST(V8);        \
+    o[9 * (plane) + (tj)] OP CAST(V9); o[10 * (plane) + (tj)] OP CAST(V10); o[11 * (plane) + (tj)] OP CAST(V11);    \
+    o[12 * (plane) + (tj)] OP CAST(V12); o[13 * (plane) + (tj)] OP CAST(V13); o[14 * (plane) + (tj)] OP CAST(V14);  \
+    o[15 * (plane) + (tj)] OP CAST(V15);
+#define WINO_F64(x) (x)
+#define WINO_F32(x) ((float)(x))
+#define WINO_SQ(x) ((x) * (x))
+
+ILC_SIMD static void wino_in_row64(const double *restrict buf, Py_ssize_t ln, Py_ssize_t tw, double *restrict o,
+                                   Py_ssize_t plane) {
+    ILC_IVDEP for (Py_ssize_t tj = 0; tj < tw; tj++) {
+        WINO_IN_TILE(buf, ln, tj)
+        WINO_STORE16(o, plane, tj, WINO_F64, =)
+    }
+}
+
+/* float32 V (exact: the caller checks |V| < 2^24) and, with nrm, the running sums of V^2
+ * over channels (squares of integers below 2^24) */
+ILC_SIMD static void wino_in_row32(const double *restrict buf, Py_ssize_t ln, Py_ssize_t tw, float *restrict o,
+                                   Py_ssize_t plane, double *restrict nrm, Py_ssize_t nplane) {
+    if (nrm)
+        ILC_IVDEP for (Py_ssize_t tj = 0; tj < tw; tj++) {
+            WINO_IN_TILE(buf, ln, tj)
+            WINO_STORE16(o, plane, tj, WINO_F32, =)
+            WINO_STORE16(nrm, nplane, tj, WINO_SQ, +=)
+        }
+    else
+        ILC_IVDEP for (Py_ssize_t tj = 0; tj < tw; tj++) {
+            WINO_IN_TILE(buf, ln, tj)
+            WINO_STORE16(o, plane, tj, WINO_F32, =)
+        }
+}
+
+/* row a of a tile row into buf's E_a, O_a (wino_in_row's layout) */
+ILC_SIMD static void wino_split_row(const float *restrict src, Py_ssize_t wp, Py_ssize_t ln, double *restrict e,
+                                    double *restrict od) {
+    const Py_ssize_t pairs = wp / 2;
+    for (Py_ssize_t k = 0; k < pairs; k++) {
+        e[k] = src[2 * k];
+        od[k] = src[2 * k + 1];
+    }
+    for (Py_ssize_t k = pairs; k < ln; k++) {
+        e[k] = 2 * k < wp ? src[2 * k] : 0.0;
+        od[k] = 0.0;
+    }
+}
+
+/* -> 0, or -1 when out of memory. nrm (16, nt*tw) or NULL: ||V_ij[:, t]||_2 over the channels. */
+static int wino_in_loop(const float *xv, Py_ssize_t cin, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t t0, Py_ssize_t nt,
+                        Py_ssize_t tw, void *ov, int f64, double *nrm) {
+    const Py_ssize_t np_ = nt * tw, plane = cin * np_, ln = tw + 1; /* 2 ln >= wp */
+    double *buf = (double *)malloc((size_t)(8 * ln) * sizeof(double));
+    if (!buf) return -1;
+    if (nrm) memset(nrm, 0, (size_t)(16 * np_) * sizeof(double));
     for (Py_ssize_t c = 0; c < cin; c++)
-        for (Py_ssize_t ti = 0; ti < nt; ti++)
-            for (Py_ssize_t tj = 0; tj < tw; tj++) {
-                double d[4][4];
-                const Py_ssize_t r = 2 * (t0 + ti), q = 2 * tj;
-                for (int a = 0; a < 4; a++)
-                    for (int b = 0; b < 4; b++)
-                        d[a][b] = (r + a < hp && q + b < wp) ? (double)xv[(c * hp + r + a) * wp + q + b] : 0.0;
-                double t[4][4];
-                for (int b = 0; b < 4; b++) {
-                    t[0][b] = d[0][b] - d[2][b];
-                    t[1][b] = d[1][b] + d[2][b];
-                    t[2][b] = d[2][b] - d[1][b];
-                    t[3][b] = d[1][b] - d[3][b];
-                }
-                double *o = ov + c * np_ + ti * tw + tj;
-                for (int a = 0; a < 4; a++) {
-                    o[(4 * a + 0) * plane] = t[a][0] - t[a][2];
-                    o[(4 * a + 1) * plane] = t[a][1] + t[a][2];
-                    o[(4 * a + 2) * plane] = t[a][2] - t[a][1];
-                    o[(4 * a + 3) * plane] = t[a][1] - t[a][3];
-                }
+        for (Py_ssize_t ti = 0; ti < nt; ti++) {
+            const Py_ssize_t r = 2 * (t0 + ti);
+            for (int a = 0; a < 4; a++) {
+                double *e = buf + 2 * a * ln;
+                if (r + a < hp) wino_split_row(xv + (c * hp + r + a) * wp, wp, ln, e, e + ln);
+                else memset(e, 0, (size_t)(2 * ln) * sizeof(double));
             }
+            const Py_ssize_t at = c * np_ + ti * tw;
+            if (f64) wino_in_row64(buf, ln, tw, (double *)ov + at, plane);
+            else wino_in_row32(buf, ln, tw, (float *)ov + at, plane, nrm ? nrm + ti * tw : NULL, np_);
+        }
+    if (nrm)
+        for (Py_ssize_t q = 0; q < 16 * np_; q++) nrm[q] = sqrt(nrm[q]);
+    free(buf);
+    return 0;
 }
 
 static PyObject *py_wino_in(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo, *no = Py_None;
     XpOut a;
-    if (get_xp_out(args, &a, 8) < 0) return rel_xp_out(&a, NULL);
+    Buf nb;
+    a.x.held = a.o.held = nb.held = 0;
+    if (!PyArg_ParseTuple(args, "OnnnnnO|O", &xo, &a.cin, &a.hp, &a.wp, &a.i0, &a.cnt, &oo, &no)) return NULL;
+    {
+        const BufArg ba[] = {{xo, &a.x, 4, 0, "xp"}, {oo, &a.o, 0, 1, "out"}};
+        if (get_bufs(ba, NBUF(ba)) < 0) return rel_xp_out(&a, NULL);
+    }
+    if (no != Py_None && get_buf(no, &nb, 8, 1, "norms") < 0) {
+        rel(&nb);
+        return rel_xp_out(&a, NULL);
+    }
     const Py_ssize_t cin = a.cin, hp = a.hp, wp = a.wp, t0 = a.i0, nt = a.cnt;
     const Py_ssize_t tw = (wp - 1) / 2, th = (hp - 1) / 2; /* ceil((wp - 2) / 2) */
     if (cin < 1 || hp < 3 || wp < 3 || nt < 1 || t0 < 0 || t0 + nt > th || nitems(&a.x) != cin * hp * wp ||
-        nitems(&a.o) != 16 * cin * nt * tw) {
+        nitems(&a.o) != 16 * cin * nt * tw || (nb.held && nitems(&nb) != 16 * nt * tw)) {
         PyErr_SetString(PyExc_ValueError, "wino_in: inconsistent sizes");
+        rel(&nb);
         return rel_xp_out(&a, NULL);
     }
     const float *xv = (const float *)a.x.b.buf;
-    double *ov = (double *)a.o.b.buf;
+    void *ov = a.o.b.buf;
+    double *nv = nb.held ? (double *)nb.b.buf : NULL;
+    int f64 = a.o.b.itemsize == 8;
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    wino_in_loop(xv, cin, hp, wp, t0, nt, tw, ov);
+    rc = wino_in_loop(xv, cin, hp, wp, t0, nt, tw, ov, f64, nv);
     Py_END_ALLOW_THREADS
-    return rel_xp_out(&a, Py_NewRef(Py_None));
+    rel(&nb);
+    return rel_xp_out(&a, rc < 0 ? PyErr_NoMemory() : Py_NewRef(Py_None));
 }
 
 #define WINO_CHUNK 64
@@ -1695,6 +1789,131 @@ done:
     return rel_bufs(ba, NBUF(ba), ret);
 }
 
+/* wino_last_out(m float32 (16, cout, nt*tw), norms float64 (16, nt*tw), t0, nt, h, w,
+ *               v float32 (cout, nr*w), cn float64 (nr*w)), nr = min(h, 2(t0+nt)) - 2 t0:
+ * the last layer's output transform. Output (a, b) of tile t is y4 = sum over i in P_a,
+ * j in P_b of +-m_ij (P_0 = {0,1,2}, P_1 = {1,2,3}: the rows of A^T), summed in float64;
+ * v = float32(y4 / 4) (4x the conv: U holds 2G, see wino_in). cn = sum over the same nine
+ * ij of norms_ij[t] (||V_ij[:, t]||_2), so that |v - (conv without bias)| <= wscale_o * cn
+ * with intnet's Winograd wscale (GEMM error gamma_cin ||U_ij[o]|| ||V_ij[:, t]|| per m_ij
+ * by Cauchy-Schwarz, plus the float64 sums and the float32 rounding of v).
+ * -> 0, or -1 when out of memory. */
+ILC_SIMD static void wino_last_row(const float *m, Py_ssize_t plane, Py_ssize_t tw, double *s) {
+    /* s[(2a + 0) tw + tj] = m_a0 + m_a1 + m_a2, s[(2a + 1) tw + tj] = m_a1 - m_a2 - m_a3 */
+    for (int a = 0; a < 4; a++) {
+        const float *restrict p0 = m + (4 * a) * plane, *restrict p1 = p0 + plane, *restrict p2 = p1 + plane,
+                              *restrict p3 = p2 + plane;
+        double *restrict s0 = s + (2 * a) * tw, *restrict s1 = s0 + tw;
+        for (Py_ssize_t tj = 0; tj < tw; tj++) {
+            double m0 = p0[tj], m1 = p1[tj], m2 = p2[tj], m3 = p3[tj];
+            s0[tj] = m0 + m1 + m2;
+            s1[tj] = m1 - m2 - m3;
+        }
+    }
+}
+
+ILC_SIMD static void wino_norm_row(const double *n, Py_ssize_t plane, Py_ssize_t tw, double *s) {
+    for (int a = 0; a < 4; a++) {
+        const double *restrict p0 = n + (4 * a) * plane, *restrict p1 = p0 + plane, *restrict p2 = p1 + plane,
+                               *restrict p3 = p2 + plane;
+        double *restrict s0 = s + (2 * a) * tw, *restrict s1 = s0 + tw;
+        for (Py_ssize_t tj = 0; tj < tw; tj++) {
+            s0[tj] = p0[tj] + p1[tj] + p2[tj];
+            s1[tj] = p1[tj] + p2[tj] + p3[tj];
+        }
+    }
+}
+
+/* output row a (0, 1) of a tile row from s (wino_last_row's layout): y[2 tj + b], tj < tw;
+ * sgn -1 for v (A^T's second row has signs +1, -1, -1), +1 for the norms */
+ILC_SIMD static void wino_out_row(const double *s, Py_ssize_t tw, int a, double sgn, double *y) {
+    for (int b = 0; b < 2; b++) {
+        const double *restrict q0 = s + b * tw, *restrict q1 = s + (2 + b) * tw, *restrict q2 = s + (4 + b) * tw,
+                               *restrict q3 = s + (6 + b) * tw;
+        double *restrict yb = y + b * tw;
+        if (a == 0)
+            for (Py_ssize_t tj = 0; tj < tw; tj++) yb[tj] = q0[tj] + q1[tj] + q2[tj];
+        else
+            for (Py_ssize_t tj = 0; tj < tw; tj++) yb[tj] = q1[tj] + sgn * q2[tj] + sgn * q3[tj];
+    }
+}
+
+/* dst[2 tj + b] = y[b tw + tj] for the w outputs of a row (w odd: the last tile's second
+ * column is not an output) */
+ILC_SIMD static void wino_store_v(const double *restrict y, Py_ssize_t tw, Py_ssize_t w, float *restrict dst) {
+    const double *restrict y0 = y, *restrict y1 = y + tw;
+    const Py_ssize_t pairs = w / 2;
+    for (Py_ssize_t tj = 0; tj < pairs; tj++) {
+        dst[2 * tj] = (float)(y0[tj] * 0.25);
+        dst[2 * tj + 1] = (float)(y1[tj] * 0.25);
+    }
+    if (w & 1) dst[w - 1] = (float)(y0[pairs] * 0.25);
+}
+
+ILC_SIMD static void wino_store_cn(const double *restrict y, Py_ssize_t tw, Py_ssize_t w, double *restrict dst) {
+    const double *restrict y0 = y, *restrict y1 = y + tw;
+    const Py_ssize_t pairs = w / 2;
+    for (Py_ssize_t tj = 0; tj < pairs; tj++) {
+        dst[2 * tj] = y0[tj] * (1.0 + 1e-12);
+        dst[2 * tj + 1] = y1[tj] * (1.0 + 1e-12);
+    }
+    if (w & 1) dst[w - 1] = y0[pairs] * (1.0 + 1e-12);
+}
+
+static int wino_last_loop(const float *mv, const double *nv, Py_ssize_t cout, Py_ssize_t nt, Py_ssize_t tw,
+                          Py_ssize_t t0, Py_ssize_t h, Py_ssize_t w, float *vv, double *cn) {
+    const Py_ssize_t np_ = nt * tw, plane = cout * np_, r0 = 2 * t0;
+    const Py_ssize_t nrw = ((h < 2 * (t0 + nt) ? h : 2 * (t0 + nt)) - r0) * w;
+    double *s = (double *)malloc((size_t)(10 * tw) * sizeof(double)), *y = s ? s + 8 * tw : NULL;
+    if (!s) return -1;
+    for (Py_ssize_t o = -1; o < cout; o++) /* o = -1: the norms (cn) */
+        for (Py_ssize_t ti = 0; ti < nt; ti++) {
+            if (o < 0) wino_norm_row(nv + ti * tw, np_, tw, s);
+            else wino_last_row(mv + o * np_ + ti * tw, plane, tw, s);
+            for (int a = 0; a < 2; a++) {
+                const Py_ssize_t row = 2 * (t0 + ti) + a;
+                if (row >= h) continue;
+                wino_out_row(s, tw, a, o < 0 ? 1.0 : -1.0, y); /* +-1 * x is exact */
+                const Py_ssize_t at = (row - r0) * w;
+                if (o < 0) wino_store_cn(y, tw, w, cn + at);
+                else wino_store_v(y, tw, w, vv + o * nrw + at);
+            }
+        }
+    free(s);
+    return 0;
+}
+
+static PyObject *py_wino_last_out(PyObject *self, PyObject *args) {
+    PyObject *mo, *no, *vo, *co;
+    Py_ssize_t t0, nt, h, w;
+    if (!PyArg_ParseTuple(args, "OOnnnnOO", &mo, &no, &t0, &nt, &h, &w, &vo, &co)) return NULL;
+    Buf m, nb, v, c;
+    const BufArg ba[] = {{mo, &m, 4, 0, "m"}, {no, &nb, 8, 0, "norms"}, {vo, &v, 4, 1, "v"}, {co, &c, 8, 1, "cn"}};
+    PyObject *ret = NULL;
+    if (get_bufs(ba, NBUF(ba)) < 0) goto done;
+    {
+        const Py_ssize_t tw = (w + 1) / 2, th = (h + 1) / 2;
+        const Py_ssize_t np_ = nt * tw, cout = np_ > 0 ? nitems(&m) / (16 * np_) : 0;
+        const Py_ssize_t nr = (h < 2 * (t0 + nt) ? h : 2 * (t0 + nt)) - 2 * t0;
+        if (w < 1 || h < 1 || nt < 1 || t0 < 0 || t0 + nt > th || cout < 1 || nitems(&m) != 16 * cout * np_ ||
+            nitems(&nb) != 16 * np_ || nitems(&v) != cout * nr * w || nitems(&c) != nr * w) {
+            PyErr_SetString(PyExc_ValueError, "wino_last_out: inconsistent sizes");
+            goto done;
+        }
+        const float *mv = (const float *)m.b.buf;
+        const double *nv = (const double *)nb.b.buf;
+        float *vv = (float *)v.b.buf;
+        double *cv = (double *)c.b.buf;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = wino_last_loop(mv, nv, cout, nt, tw, t0, h, w, vv, cv);
+        Py_END_ALLOW_THREADS
+        ret = rc < 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
+    }
+done:
+    return rel_bufs(ba, NBUF(ba), ret);
+}
+
 static PyObject *py_set_error_class(PyObject *self, PyObject *cls) {
     Py_XINCREF(cls);
     Py_XSETREF(BitstreamError, cls);
@@ -1715,6 +1934,7 @@ static PyMethodDef methods[] = {
     {"hidden_post", py_hidden_post, METH_VARARGS, "integer scale net: bias, shift, floor, clip, pixel shuffle"},
     {"wino_in", py_wino_in, METH_VARARGS, "integer scale net: Winograd F(2x2,3x3) input transform"},
     {"wino_post", py_wino_post, METH_VARARGS, "integer scale net: Winograd output transform + hidden_post"},
+    {"wino_last_out", py_wino_last_out, METH_VARARGS, "integer scale net: last layer's Winograd output transform (float32)"},
     {"last_post", py_last_post, METH_VARARGS, "integer scale net: last layer's threshold index with its column norms"},
     {"set_error_class", py_set_error_class, METH_O, "exception class for corrupted streams"},
     {NULL, NULL, 0, NULL},

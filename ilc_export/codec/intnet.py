@@ -451,7 +451,8 @@ def _prepared(tables: CodecTables) -> dict:
     wino = [_winograd_weights(tables.weights[layer], tables.biases[layer], in_max[layer], nonneg=layer > 0,
                               shift=int(tables.shifts[layer])) for layer in range(2)]
     gamma = (k + 2) * _U32 / (1.0 - (k + 2) * _U32)
-    prep = {"hidden": hidden, "wino": wino, "f32_ok": _f32_layer_ok(tables), "w32": np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float32), "w64": w64,
+    prep = {"hidden": hidden, "wino": wino, "f32_ok": _f32_layer_ok(tables),
+            "wino_last": _winograd_last_weights(tables.weights[2], int(tables.act_max[1])), "w32": np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float32), "w64": w64,
             "b64": np.ascontiguousarray(tables.biases[2], dtype=np.float64),
             # relative margin 2**-20 for the float64 rounding of the norms (< 2**-40)
             "wscale": np.sqrt((w64 * w64).sum(axis=1)) * (gamma * (1.0 + 2.0**-20)),
@@ -501,6 +502,35 @@ def _winograd_weights(weight: np.ndarray, bias: np.ndarray, in_max: int, nonneg:
     return np.ascontiguousarray(u, dtype=np.float64), np.ascontiguousarray(b), fast
 
 
+def _winograd_last_weights(weight: np.ndarray, in_max: int):
+    """(U float32 (16, cout, cin), wscale float64 (cout)) for the last layer's float32
+    Winograd F(2x2, 3x3) path, or None where its inputs would not be exact in float32.
+
+    U = (2G) W (2G)^T as in _winograd_weights, rounded to float32 (|U - U32| <= u |U|,
+    u = 2**-24); V = B^T d B of inputs in [0, in_max] is exact in float32 while
+    4 in_max < 2**24. Each m_ij = U32_ij V_ij of the float32 GEMM (K = cin terms, any order,
+    FMA or not) is within gamma_{cin+2} sum_c |U32| |V| (Higham eq. 3.5) of U32_ij . V_ij,
+    which is within u sum_c |U| |V| of the exact value; by Cauchy-Schwarz both sums are at
+    most (1 + u) ||U_ij[o]|| ||V_ij[:, t]||. An output v = y4 / 4 sums nine such m with signs
+    +-1 in float64 (error below 8 * 2**-53 of the same products) and is rounded to float32
+    (relative u of |y4| / 4), so |v - exact| <= wscale_o * cn_p with wscale_o =
+    (gamma + 3 u) (1 + 2**-20) max_ij ||U_ij[o]|| / 4 and cn_p the sum of the nine
+    ||V_ij[:, t]|| (wino_last_out); the 2**-20 covers the products of small terms and the
+    float64 rounding of the norms. last_post settles the index with that bound exactly as
+    for the direct GEMM, and recomputes what it cannot settle exactly."""
+    w = np.asarray(weight)
+    if w.ndim != 4 or w.shape[2:] != (3, 3) or 4 * int(in_max) >= 2**24 or np.abs(w.astype(np.int64)).max(initial=0) >= 2**31:
+        return None
+    u = np.einsum("ik,ockl,jl->ijoc", _WG2, w.astype(np.int64), _WG2)  # |U| <= 16 * 2**31: exact in int64
+    cout, cin = w.shape[:2]
+    u = u.reshape(16, cout, cin)
+    k = cin + 2
+    gamma = k * _U32 / (1.0 - k * _U32)
+    norms = np.sqrt((u.astype(np.float64) ** 2).sum(axis=2)).max(axis=0)  # max over ij, per o
+    wscale = norms * ((gamma + 3 * _U32) * (1.0 + 2.0**-20) / 4.0)
+    return np.ascontiguousarray(u, dtype=np.float32), np.ascontiguousarray(wscale)
+
+
 def _zero_border(xp: np.ndarray) -> np.ndarray:
     xp[:, 0] = 0
     xp[:, -1] = 0
@@ -525,6 +555,10 @@ def _scale_indices_c(tables: CodecTables, w_hat: np.ndarray) -> np.ndarray:
     w32 = prep["w32"]
     cout, kk = w32.shape
     out = np.empty((cout, h, w), np.uint8)
+    wl = prep["wino_last"]
+    if wl is not None and 2 in WINOGRAD_LAYERS and _winograd_on() and hasattr(rc, "wino_last_out"):
+        _wino_last_layer(rc, xp, out, wl, prep, h, w)
+        return out
     rows = _band_rows(h, max(1, min(h, BAND_BYTES // max(1, kk * w * 4))))
 
     def last(r0):
@@ -548,9 +582,7 @@ def _hidden_c(tables: CodecTables, w_hat: np.ndarray, prep: dict | None = None) 
     nh, h, w = w_hat.shape
     xp = _zero_border(_work("xq0", (nh, h + 2, w + 2), np.float32))
     xp[:, 1:-1, 1:-1] = w_hat  # exact: |w_hat| <= 2**20
-    import os
-
-    use_wino = os.environ.get(WINOGRAD_ENV, "1") != "0" and hasattr(rc, "wino_in")
+    use_wino = _winograd_on() and hasattr(rc, "wino_in")
     for layer, (w64, b64, k, amax) in enumerate(prep["hidden"]):
         cin, cout = xp.shape[0], w64.shape[0]
         nxt = _zero_border(_work(f"xq{layer + 1}", (cout // 4, 2 * h + 2, 2 * w + 2), np.float32))
@@ -574,8 +606,41 @@ def _hidden_c(tables: CodecTables, w_hat: np.ndarray, prep: dict | None = None) 
     return xp
 
 
-#: hidden layers run as Winograd F(2x2, 3x3) where exact (layer 0's GEMMs are too small to gain)
-WINOGRAD_LAYERS = (1,)
+#: layers run as Winograd F(2x2, 3x3) where exact (layer 0's GEMMs are too small to gain);
+#: layer 1 in exact float64, the last layer (2) in float32 with an error bound
+WINOGRAD_LAYERS = (1, 2)
+
+
+def _winograd_on() -> bool:
+    import os
+
+    return os.environ.get(WINOGRAD_ENV, "1") != "0"
+
+
+def _wino_last_layer(rc, xp, out, wl, prep, h, w) -> None:
+    """The last layer by float32 Winograd F(2x2, 3x3) (2.25x fewer multiplications than the
+    im2col GEMM), then last_post with the bound of _winograd_last_weights: the same indices."""
+    u32, wscale = wl
+    cout, cin = u32.shape[1], u32.shape[2]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    per_row = 16 * (cin + cout) * tw * 4
+    rows = _band_rows(th, max(1, min(th, BAND_BYTES // max(1, per_row))))
+
+    def band(t0):
+        nt = min(th, t0 + rows) - t0
+        v = _work("lv", (16, cin, nt * tw), np.float32)
+        norms = _work("ln", (16, nt * tw), np.float64)
+        rc.wino_in(xp, cin, h + 2, w + 2, t0, nt, v, norms)
+        m = _work("lm", (16, cout, nt * tw), np.float32)
+        np.matmul(u32, v, out=m)
+        r0 = 2 * t0
+        nr = min(h, 2 * (t0 + nt)) - r0
+        vv = _work("v32", (cout, nr * w), np.float32)
+        cn = _work("lcn", (nr * w,), np.float64)
+        rc.wino_last_out(m, norms, t0, nt, h, w, vv, cn)
+        rc.last_post(vv, prep["b64"], wscale, prep["thresholds"], out, xp, cin, h + 2, w + 2, r0, prep["w64"], cn)
+
+    _run_bands(th, rows, band)
 
 
 def _wino_layer(rc, xp, nxt, wino, k, amax, h, w) -> None:
