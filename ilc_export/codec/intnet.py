@@ -38,7 +38,16 @@ numpy functions below remain the reference, ``exact_f64=True`` / $ILC_INTNET_F64
   them to int64 with the 1.5 * 2**52 bit trick (vectorised) and applies the floor, shift and
   clip as z = 4 (conv + b), min(max(z, 0) >> (k + 2), act_max). Layer 0 (a 9x15 tile of
   w_hat on a 1080p frame) gains nothing from it and stays on the GEMM.
-- Layer 2: float32 GEMM with the error bound of _last_layer_indices_f32, B = gamma_{K+2}
+- Layer 2 (default, WINOGRAD_LAYERS): float32 Winograd F(2x2, 3x3), 16 float32 GEMMs over the
+  48 channels (2.25x fewer multiplications than the im2col GEMM, no im2col), with the
+  per-element bound of _winograd_last_weights (GEMM rounding of each transformed product,
+  float32 rounding of the integer filter U, the float64 output transform and the float32 v:
+  B = wscale_o * cn_p, cn_p from the norms of the transformed input columns). It is ~16x
+  tighter than the direct GEMM's bound (K = 48 instead of 432 terms per dot product), so
+  fewer elements need the exact recomputation (61 against 301 on a 1080p tile). Settling is
+  last_post's, below; tests/test_codec_fastpath.py checks the bound itself on activations
+  at the edges of their range.
+- Layer 2 (im2col path, WINOGRAD_LAYERS without 2): float32 GEMM with the error bound of _last_layer_indices_f32, B = gamma_{K+2}
   ||W_o|| ||a_p|| (1 + 2**-20). The margin covers the float64 rounding of the norms
   (||a_p||^2 and ||W_o||^2 are sums of at most K squares of integers, relative error below
   K 2**-53 < 2**-40, none for the shipped tables' activations; sqrt and products: a few
