@@ -631,22 +631,35 @@ def _winograd_on() -> bool:
     return os.environ.get(WINOGRAD_ENV, "1") != "0"
 
 
+def _wino_bands(rc, xp, u, h, w, finish, norms: bool = False) -> None:
+    """Winograd F(2x2, 3x3) input transform and the 16 GEMMs over channels (u: (16, cout, cin),
+    float64 or float32) in cache-sized bands of tile rows; finish(m, norms, t0, nt) takes each
+    band's products (and, with norms, the column norms of the transformed input)."""
+    cout, cin = u.shape[1], u.shape[2]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    per_row = 16 * (cin + cout) * tw * u.itemsize
+    rows = _band_rows(th, max(1, min(th, min(BAND_BYTES, CACHE_BAND_BYTES) // max(1, per_row))))
+    tag = "w" + u.dtype.char
+
+    def band(t0):
+        nt = min(th, t0 + rows) - t0
+        v = _work(tag + "v", (16, cin, nt * tw), u.dtype)
+        nrm = _work(tag + "n", (16, nt * tw), np.float64) if norms else None
+        rc.wino_in(xp, cin, h + 2, w + 2, t0, nt, v, nrm)
+        m = _work(tag + "m", (16, cout, nt * tw), u.dtype)
+        np.matmul(u, v, out=m)
+        finish(m, nrm, t0, nt)
+
+    _run_bands(th, rows, band)
+
+
 def _wino_last_layer(rc, xp, out, wl, prep, h, w) -> None:
     """The last layer by float32 Winograd F(2x2, 3x3) (2.25x fewer multiplications than the
     im2col GEMM), then last_post with the bound of _winograd_last_weights: the same indices."""
     u32, wscale = wl
     cout, cin = u32.shape[1], u32.shape[2]
-    th, tw = (h + 1) // 2, (w + 1) // 2
-    per_row = 16 * (cin + cout) * tw * 4
-    rows = _band_rows(th, max(1, min(th, min(BAND_BYTES, CACHE_BAND_BYTES) // max(1, per_row))))
 
-    def band(t0):
-        nt = min(th, t0 + rows) - t0
-        v = _work("lv", (16, cin, nt * tw), np.float32)
-        norms = _work("ln", (16, nt * tw), np.float64)
-        rc.wino_in(xp, cin, h + 2, w + 2, t0, nt, v, norms)
-        m = _work("lm", (16, cout, nt * tw), np.float32)
-        np.matmul(u32, v, out=m)
+    def finish(m, norms, t0, nt):
         r0 = 2 * t0
         nr = min(h, 2 * (t0 + nt)) - r0
         vv = _work("v32", (cout, nr * w), np.float32)
@@ -654,26 +667,13 @@ def _wino_last_layer(rc, xp, out, wl, prep, h, w) -> None:
         rc.wino_last_out(m, norms, t0, nt, h, w, vv, cn)
         rc.last_post(vv, prep["b64"], wscale, prep["thresholds"], out, xp, cin, h + 2, w + 2, r0, prep["w64"], cn)
 
-    _run_bands(th, rows, band)
+    _wino_bands(rc, xp, u32, h, w, finish, norms=True)
 
 
 def _wino_layer(rc, xp, nxt, wino, k, amax, h, w) -> None:
     """One hidden layer by Winograd F(2x2, 3x3): nxt's interior = pixel-shuffled activations."""
     u, b, fast = wino
-    cout, cin = u.shape[1], u.shape[2]
-    th, tw = (h + 1) // 2, (w + 1) // 2
-    per_row = 16 * (cin + cout) * tw * 8
-    rows = _band_rows(th, max(1, min(th, min(BAND_BYTES, CACHE_BAND_BYTES) // max(1, per_row))))
-
-    def band(t0):
-        nt = min(th, t0 + rows) - t0
-        v = _work("wv", (16, cin, nt * tw), np.float64)
-        rc.wino_in(xp, cin, h + 2, w + 2, t0, nt, v)
-        m = _work("wm", (16, cout, nt * tw), np.float64)
-        np.matmul(u, v, out=m)
-        rc.wino_post(m, b, k, amax, nxt, t0, nt, h, w, fast)
-
-    _run_bands(th, rows, band)
+    _wino_bands(rc, xp, u, h, w, lambda m, _norms, t0, nt: rc.wino_post(m, b, k, amax, nxt, t0, nt, h, w, fast))
 
 
 def scale_indices(tables: CodecTables, w_hat: np.ndarray, exact_f64: bool | None = None) -> np.ndarray:
