@@ -93,3 +93,54 @@ def test_cli_refine(tiny_ckpt, tmp_path):
     assert not (tmp_path / "x.ilc").exists()
     r = cli.invoke(app, ["compress", str(src), "-o", str(tmp_path / "y.ilc"), "--refine", "-1"])
     assert r.exit_code == 2 and not (tmp_path / "y.ilc").exists()
+
+
+def test_refine_latents_ignores_what_lies_outside_valid(tiny_ckpt):
+    from ilc_reference.checkpoint import load_model
+    from ilc_reference.refine import refine_latents
+
+    m = load_model(tiny_ckpt).eval()
+    x = torch.from_numpy(_img(3).transpose(2, 0, 1)[None].astype(np.float32) / 255)
+    with torch.no_grad():
+        y, _ = m.analysis(x)
+        w_hat = torch.round(m.h_a(y))
+    other = x.clone()
+    other[..., 40:, :] = 1.0 - other[..., 40:, :]  # different "padding" below row 40
+    other[..., 100:] = 0.0  # and right of column 100
+    a = refine_latents(m, x, y, w_hat, iters=4, lr=0.01, valid=(40, 100))
+    b = refine_latents(m, other, y, w_hat, iters=4, lr=0.01, valid=(40, 100))
+    assert torch.equal(a, b)
+    assert not torch.equal(refine_latents(m, other, y, w_hat, iters=4, lr=0.01), a)  # the padding counted
+
+
+def test_refinement_measures_distortion_inside_the_image_only(tiny_ckpt):
+    """Each tile is refined over its part of the image, not its edge-replicated padding."""
+    torch.set_num_threads(1)
+    runner = load_backend("torch", tiny_ckpt, refine=1, refine_lr=0.01)
+    seen, refine_fn = [], runner.refine_fn
+
+    def spy(model, x, y, w_hat, valid=None):
+        seen.append((tuple(x.shape[2:]), valid))
+        return refine_fn(model, x, y, w_hat, valid=valid)
+
+    runner.refine_fn = spy
+    codec = ImageCodec(runner)
+    img = _img(4, 72, 104)[:, :100].copy()  # padded to 128 x 128
+    codec.compress(img, tile=0)
+    assert seen == [((128, 128), (72, 100))]
+    seen.clear()
+    codec.compress(img, tile=64)  # four 64 x 64 tiles, raster order
+    assert seen == [((64, 64), (64, 64)), ((64, 64), (64, 36)), ((64, 64), (8, 64)), ((64, 64), (8, 36))]
+
+
+def test_refining_runner_is_refused_on_the_host_path(tiny_ckpt):
+    """The host path runs the graphs only: it would encode a refining runner's tiles unrefined."""
+    from ilc_export.contract.errors import IlcError
+
+    refining = load_backend("torch", tiny_ckpt, refine=2)
+    assert refining.refines and ImageCodec(refining).fused
+    with pytest.raises(IlcError, match="refine") as e:
+        ImageCodec(refining, fused=False)
+    assert "\n" not in str(e.value)
+    plain = load_backend("torch", tiny_ckpt)
+    assert not plain.refines and not ImageCodec(plain, fused=False).fused

@@ -22,7 +22,9 @@ check these, never the backend's name.
     TensorRT engine's optimisation profile); the pipeline tiles larger images to fit.
   REFINE (with FUSED_TILES): the loader takes ``refine=N`` (and ``refine_lr``): encode_tile
     then spends N gradient steps choosing the y that its own decoder reconstructs best for
-    the rate (the file format and every decoder stay as they are; only encoding is slower).
+    the rate, over the tile's ``valid`` region (the file format and every decoder stay as they
+    are; only encoding is slower). ``refines`` says whether this runner was loaded so; only
+    encode_tile refines, never the per-graph ``run``.
 """
 from __future__ import annotations
 
@@ -73,10 +75,18 @@ class Runner(ABC):
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one graph; feeds and results are float32 numpy arrays keyed by tensor name."""
 
-    def encode_tile(self, image: np.ndarray, quantize_w) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def refines(self) -> bool:
+        """REFINE: does encode_tile refine the latents (loaded with refine=N > 0)?"""
+        return False
+
+    def encode_tile(self, image: np.ndarray, quantize_w,
+                    valid: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """FUSED_TILES: image (1,3,H,W) float32 (DEVICE_PIXELS: (H,W,3) uint8) -> (w_hat
         (Nh,h/4,w/4) int32, y symbols (M,h,w) int32). ``quantize_w`` (the codec's, on the host) turns w into w_hat; the y symbols are
-        round(y - mu) exactly as ``EntropyCodec.quantize_y`` computes them."""
+        round(y - mu) exactly as ``EntropyCodec.quantize_y`` computes them. valid: (rows, columns)
+        of the tile that lie inside the image (None: all of it); the rest is edge-replicated
+        padding, which only a refining runner looks at (it measures distortion inside valid)."""
         raise NotImplementedError(f"{self.name} runner does not declare {FUSED_TILES}")
 
     def decode_tile(self, w_hat: np.ndarray, y_sym: np.ndarray, z) -> np.ndarray:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends.base import DEVICE_PIXELS, FUSED_TILES, Runner
+from ..backends.base import DEVICE_PIXELS, FUSED_TILES, REFINE, Runner
 from ..codec.bitstream import Header, check_model, pack, unpack
 from ..codec.entropy import EntropyCodec
 from ..codec.errors import BitstreamError
@@ -19,6 +19,7 @@ from ..codec.tables import CodecTables
 from ..contract.geometry import padded_size
 from . import tiling
 from .image_io import from_nchw, model_input
+from .models import UsageError
 
 _DEFAULT = object()
 
@@ -81,11 +82,20 @@ class ImageCodec:
     def __init__(self, runner: Runner, tables: CodecTables | None = None, fused: bool | None = None):
         """fused: code each tile through the runner's encode_tile / decode_tile (latents stay
         on its device) when it declares FUSED_TILES (None: whenever it does); False: the
-        per-graph host path. Both give identical files and pixels on the same device."""
+        per-graph host path. Both give identical files and pixels on the same device.
+
+        A runner that refines (REFINE, loaded with refine=N) is refused on the host path
+        (UsageError) rather than refined there: refinement is gradient steps inside
+        encode_tile, not a graph, so the host path (the named graphs every backend exports)
+        would need a second refinement entry point and would stop being the plain per-graph
+        cross-check of the fused path; silently encoding unrefined is the trap to avoid."""
         self.runner = runner
         self.fused = FUSED_TILES in runner.capabilities if fused is None else bool(fused)
         if self.fused and FUSED_TILES not in runner.capabilities:
             raise ValueError(f"the {runner.name} runner does not declare {FUSED_TILES}")
+        if not self.fused and REFINE in runner.capabilities and runner.refines:
+            raise UsageError(f"the {runner.name} runner was loaded with refine, which only its encode_tile does: "
+                             "code it fused (fused=None or True) or load it without refine")
         #: the fused runner converts pixels itself (on its device)
         self.device_pixels = self.fused and DEVICE_PIXELS in runner.capabilities
         self.tables = tables or CodecTables.load(runner.tables_path())
@@ -136,11 +146,14 @@ class ImageCodec:
         """(w_hat, y symbols) of a tile's latents: what the entropy coder writes."""
         return lat["w_hat"], self.entropy.quantize_y(lat["y"], lat["mu"])
 
-    def tile_symbols(self, px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def tile_symbols(self, px: np.ndarray, valid: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(w_hat, y symbols) of one tile's padded pixels: on the runner's device when fused,
-        else ``symbols(latents(px))``; both give the same symbols on the same device."""
+        else ``symbols(latents(px))``; both give the same symbols on the same device. valid:
+        the (rows, columns) of ``px`` inside the image (a refining runner measures distortion
+        there only; None: all of ``px``)."""
         if self.fused:
-            return self.runner.encode_tile(px if self.device_pixels else model_input(px), self.entropy.quantize_w)
+            return self.runner.encode_tile(px if self.device_pixels else model_input(px), self.entropy.quantize_w,
+                                           valid=valid)
         return self.symbols(self.latents(px))
 
     def encode_symbols(self, w_hat: np.ndarray, y_sym: np.ndarray) -> list[bytes]:
@@ -152,7 +165,7 @@ class ImageCodec:
         st = st if st is not None else Stats()
         for t in tiling.layout(header):
             with _Timer(st, "transform"):
-                syms = self.tile_symbols(tiling.tile_pixels(img, t))
+                syms = self.tile_symbols(tiling.tile_pixels(img, t), t.crop_size(header.height, header.width))
             yield syms
             del syms
 

@@ -26,7 +26,9 @@ def refine_latents(model, x: torch.Tensor, y: torch.Tensor, w_hat: torch.Tensor,
     steps from ``y``, the starting point included (never worse than ``y`` by that measure).
 
     x: (1, 3, H, W) target in [0, 1]; w_hat: the integer hyper-latent the file will carry;
-    valid: (height, width) of the image inside the padded ``x`` (distortion is measured there).
+    valid: (height, width) of the image inside the padded ``x`` (None: all of it). Distortion
+    is measured there only (the decoder crops the padding away, so effort spent on it is
+    wasted); the rate covers the whole latent (all of it is coded), per pixel of the image.
     Rate is the model's Gaussian estimate, distortion goes through ``model.synthesis`` with
     z = 0, both at the rounded residual round(y - mu), as the decoder will see it.
     """

@@ -101,7 +101,7 @@ class OrtRunner(Runner):
             raise BackendError(f"{graph}: onnxruntime failed: {e}") from e
         return io.get_outputs()
 
-    def encode_tile(self, image, quantize_w):
+    def encode_tile(self, image, quantize_w, valid=None):
         y, _z, w = self._bound("forward", {"image": image})  # z stays on the device
         w_hat = quantize_w(w.numpy()[0])
         (mu,) = self._bound("hyper_mean", {"w_hat": w_hat[None]})

@@ -11,7 +11,8 @@ values, so the division cannot differ; round(x * 255) in float32, half to even, 
 REFINE: with ``refine`` > 0 (a loader option, which sets ``refine_fn``), encode_tile replaces y by
 ``ilc_reference.refine.refine_latents``' choice for the same w_hat before the symbols are
 taken: gradient steps (fp32, outside inference mode) towards the lowest rate + lambda * MSE
-through this model's own decoder. Files stay decodable by every backend.
+through this model's own decoder, the MSE over the tile's ``valid`` region only (padding is
+never shown). Files stay decodable by every backend.
 
 fp16 (a CUDA device only): forward and inverse run under autocast; hyper_mean always runs in
 fp32, so mu stays as close as possible to what an fp32 decoder computes. Only the
@@ -48,7 +49,8 @@ class TorchRunner(Runner):
         self.precision = precision
         super().__init__(ckpt, model_id, model.cfg)
         self.model = model
-        #: REFINE: f(model, x, y, w_hat) -> refined y, set by the loader (None: encode y as it is)
+        #: REFINE: f(model, x, y, w_hat, valid=(rows, cols)) -> refined y, set by the loader
+        #: (None: encode y as it is)
         self.refine_fn = None
         self._fns = {
             "forward": self._forward,
@@ -101,8 +103,12 @@ class TorchRunner(Runner):
             out = self._fns[graph](**{k: self._to_dev(v) for k, v in feeds.items()})
             return {k: v.float().cpu().numpy() for k, v in out.items()}
 
+    @property
+    def refines(self) -> bool:
+        return self.refine_fn is not None
+
     # -- FUSED_TILES ---------------------------------------------------------------
-    def encode_tile(self, image, quantize_w):
+    def encode_tile(self, image, quantize_w, valid=None):
         torch = self._torch
         with torch.inference_mode():
             x = self._pixels_in(image) if image.dtype == np.uint8 else self._to_dev(image)
@@ -111,18 +117,18 @@ class TorchRunner(Runner):
             del out  # z is not needed to encode: it never leaves the device
             w_hat = quantize_w(w[0].cpu().numpy())
             if self.refine_fn is not None:
-                y = self._refined(x, y, self._to_dev(w_hat[None]))
+                y = self._refined(x, y, self._to_dev(w_hat[None]), valid)
             mu = self.model.hyper_mean(self._to_dev(w_hat[None]))
             # EntropyCodec.quantize_y on the device: float64 difference, half-to-even rounding
             d = torch.nan_to_num(y.double() - mu.double(), nan=0.0)
             sym = torch.clamp(torch.round(d), -MAX_ABS_SYMBOL, MAX_ABS_SYMBOL).to(torch.int32)
             return w_hat, sym[0].cpu().numpy()
 
-    def _refined(self, x, y, w_hat):
+    def _refined(self, x, y, w_hat, valid):
         """REFINE: the refined y (autograd needs normal tensors: the inference-mode ones are
         cloned outside inference mode)."""
         with self._torch.inference_mode(False), self._torch.enable_grad():
-            y = self.refine_fn(self.model, x.clone().float(), y.clone(), w_hat.clone())
+            y = self.refine_fn(self.model, x.clone().float(), y.clone(), w_hat.clone(), valid=valid)
         return y.detach()
 
     def decode_tile(self, w_hat, y_sym, z):
