@@ -1,0 +1,212 @@
+"""Amortised encoder-side refinement for the ILC: a small network that does in one pass what
+``ilc_reference.refine.refine_latents`` does in 60 Adam steps.
+
+The ILC decodes f^-1(y_hat, 0); its encoder knows the z it drops. A correction network
+h: (y, z) -> dy at H/16 (three 3x3 convs, last one zero-initialised) gives y' = y + dy; h is
+trained for the model's own objective through the unchanged decoder (rate of round(y' - mu)
+under the hyperprior of the original y's w_hat, + lambda 255^2 MSE of f^-1(y_hat', 0)), with
+every other weight frozen. Only the encoder changes: the decoder, the bitstream, the tables
+and every existing file stay as they are.
+
+    python scripts/amortised_refine.py train --ckpt reference/ilc_reference/checkpoints/ilc-q2.safetensors \
+        --data ../shared/data/train --out runs/amortised/q2 --minutes 40
+    python scripts/amortised_refine.py eval --ckpt ... --out runs/amortised/q2 --crops runs/refine/r1/crops \
+        --records runs/refine/r1/ilc.jsonl
+
+`train` checkpoints h (h.pt) every 50 steps and resumes from it. `eval` codes the crops to real
+files through the torch backend with h as the runner's refinement (``refine_fn``), decodes them
+with the plain decoder, and compares per image with the unrefined and the 60-step refined
+records of ``scripts/refine_ab.py`` for the same crops and quality.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ilc_reference.checkpoint import load_model
+from ilc_reference.config import SCALE_MAX, SCALE_MIN
+from ilc_reference.entropy import gaussian_likelihood, ste_round
+
+
+class Correction(nn.Module):
+    """dy = h(y, z) at the latent resolution; starts at dy = 0 (the model as it is)."""
+
+    def __init__(self, y_ch: int, z_ch: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(y_ch + z_ch, hidden, 3, padding=1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(hidden, hidden, 3, padding=1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(hidden, y_ch, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, y, z):
+        return y + self.net(torch.cat([y, z], 1))
+
+
+def objective(model, x, y_new, w_hat, valid=None):
+    """rate (bits per pixel) + lambda 255^2 MSE through the z = 0 decoder, at round(y' - mu)."""
+    h, w = valid or x.shape[2:]
+    mu = model.hyper_mean(w_hat)
+    sigma = torch.exp(model.hyper_scale(w_hat)).clamp(SCALE_MIN, SCALE_MAX)
+    r = ste_round(y_new - mu)
+    x_hat = model.synthesis(r + mu, model.zeros_z(y_new))[..., :h, :w]
+    bpp = -torch.log2(gaussian_likelihood(r, sigma)).sum() / (x.shape[0] * h * w)
+    mse = torch.mean((x_hat - x[..., :h, :w]) ** 2)
+    return bpp + model.cfg.lmbda * 255**2 * mse, bpp, mse
+
+
+def _images(folder: Path, crop: int) -> list[np.ndarray]:
+    from PIL import Image
+
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            img = np.asarray(Image.open(p).convert("RGB"))
+            if min(img.shape[:2]) >= crop:
+                out.append(img)
+    return out
+
+
+def train(a) -> None:
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    model = load_model(a.ckpt).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    y_ch, z_ch = model.cfg.latent_channels, model.cfg.z_channels
+    h = Correction(y_ch, z_ch, a.hidden)
+    opt = torch.optim.Adam(h.parameters(), lr=a.lr)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = out / "h.pt"
+    step = 0
+    if state.exists():
+        s = torch.load(state)
+        h.load_state_dict(s["h"])
+        opt.load_state_dict(s["opt"])
+        step = s["step"]
+        print(f"resuming at step {step}", flush=True)
+    imgs = _images(Path(a.data), a.crop)
+    rng = np.random.default_rng(a.seed + step)
+    t_end = time.time() + a.minutes * 60
+    log = open(out / "log.jsonl", "a")
+    while time.time() < t_end and step < a.steps:
+        batch = []
+        for _ in range(a.batch):
+            img = imgs[rng.integers(len(imgs))]
+            t0, l0 = rng.integers(img.shape[0] - a.crop + 1), rng.integers(img.shape[1] - a.crop + 1)
+            batch.append(img[t0:t0 + a.crop, l0:l0 + a.crop])
+        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            y, z = model.analysis(x)
+            w_hat = torch.round(model.h_a(y))
+            base, b_bpp, b_mse = objective(model, x, y, w_hat)
+        loss, bpp, mse = objective(model, x, h(y, z), w_hat)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        rec = {"step": step, "loss": loss.item(), "base": base.item(), "bpp": bpp.item(), "base_bpp": b_bpp.item(),
+               "psnr": -10 * math.log10(max(mse.item(), 1e-12)), "base_psnr": -10 * math.log10(max(b_mse.item(), 1e-12))}
+        log.write(json.dumps(rec) + "\n")
+        if step % 10 == 0:
+            log.flush()
+            print(f"step {step}: loss {rec['loss']:.4f} (unrefined {rec['base']:.4f})", flush=True)
+        if step % 50 == 0:
+            tmp = state.with_suffix(".tmp")
+            torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": step, "hidden": a.hidden}, tmp)
+            tmp.replace(state)
+    tmp = state.with_suffix(".tmp")
+    torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": step, "hidden": a.hidden}, tmp)
+    tmp.replace(state)
+    log.close()
+
+
+def evaluate(a) -> None:
+    from ilc_export.pipeline.api import open_codec
+    from ilc_export.pipeline.image_io import load_rgb
+    from ilc_export.pipeline.metrics import psnr
+
+    torch.set_num_threads(a.threads)
+    s = torch.load(Path(a.out) / "h.pt")
+    codec = open_codec(a.ckpt, backend="torch")
+    model = codec.runner.model
+    h = Correction(model.cfg.latent_channels, model.cfg.z_channels, s["hidden"])
+    h.load_state_dict(s["h"])
+    h.eval()
+
+    def refine_fn(m, x, y, w_hat, valid=None):  # the runner's REFINE hook
+        with torch.no_grad():
+            y0, z = m.analysis(x)
+            return h(y0, z)
+
+    codec.runner.refine_fn = refine_fn
+    records = {}
+    if a.records:
+        for r in map(json.loads, Path(a.records).read_text().splitlines()):
+            if r["q"] == a.q:
+                records[(r["image"], r["iters"])] = r
+    rows = []
+    for p in sorted(Path(a.crops).glob("*.png")):
+        img = load_rgb(p)[0]
+        t0 = time.perf_counter()
+        data, _ = codec.compress(img)
+        enc_s = time.perf_counter() - t0
+        rec, _ = codec.decompress(data)
+        row = {"image": p.name, "bpp": 8 * len(data) / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec), "enc_s": enc_s}
+        for it in (0, 60):
+            if (p.name, it) in records:
+                row[f"bpp_{it}"], row[f"psnr_{it}"] = records[(p.name, it)]["bpp"], records[(p.name, it)]["psnr"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    summary = {"q": a.q, "steps": s["step"], "images": len(rows)}
+    for key in ("", "_0", "_60"):
+        if all(f"bpp{key}" in r for r in rows):
+            summary[f"bpp{key}"] = float(np.mean([r[f"bpp{key}"] for r in rows]))
+            summary[f"psnr{key}"] = float(np.mean([r[f"psnr{key}"] for r in rows]))
+    # local BD-rate at one lambda: rate change at equal PSNR with the ILC curve's slope
+    # (1.547 dB per ln(bpp) at q2, docs/research.md section 2), averaged over the images
+    for key in ("_0", "_60"):
+        if f"bpp{key}" in summary:
+            d = [math.log(r["bpp"] / r[f"bpp{key}"]) - (r["psnr"] - r[f"psnr{key}"]) / a.slope for r in rows]
+            summary[f"local_bd_vs{key}"] = math.exp(float(np.mean(d))) - 1
+    (Path(a.out) / "eval.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--ckpt", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--minutes", type=float, default=30)
+    t.add_argument("--steps", type=int, default=10**9)
+    t.add_argument("--batch", type=int, default=4)
+    t.add_argument("--crop", type=int, default=256)
+    t.add_argument("--hidden", type=int, default=128)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1)
+    e = sub.add_parser("eval")
+    e.add_argument("--ckpt", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--crops", required=True)
+    e.add_argument("--records", default=None, help="refine_ab records (same crops) to compare with")
+    e.add_argument("--q", type=int, default=2)
+    e.add_argument("--slope", type=float, default=1.547, help="dB per ln(bpp) for the local BD-rate")
+    e.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    (train if a.cmd == "train" else evaluate)(a)
+
+
+if __name__ == "__main__":
+    main()
