@@ -241,6 +241,12 @@ def tiny_export(tiny_ckpt, tmp_path_factory):
     return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("arch") / "onnx")
 
 
+def _c_coder_built() -> bool:
+    from ilc_export.codec import entropy
+
+    return entropy._importable("c")
+
+
 def test_onnxruntime_round_trip_imports_nothing_heavy(tiny_export, tmp_path):
     from PIL import Image
 
@@ -256,5 +262,7 @@ def test_onnxruntime_round_trip_imports_nothing_heavy(tiny_export, tmp_path):
         mods = _imported(r.stderr)
         assert "ilc_export.backends.onnxrt.runner" in mods and "onnxruntime" in mods  # the parse works
         seen[cmd[0]] = _heavy(mods)
+        if _c_coder_built():  # the C coder codes: constriction is never imported
+            assert "constriction" not in mods, cmd[0]
     assert (tmp_path / "b.png").is_file()
     assert seen == {"compress": [], "decompress": []}

@@ -67,35 +67,40 @@ def _c_module():
     return _rangecoder
 
 
+_PROBES = {"c": _c_module, "constriction": _cs}
+
+
+def _importable(name: str) -> bool:
+    try:
+        _PROBES[name]()
+    except ImportError:
+        return False
+    return True
+
+
 def available_coders() -> list[str]:
     """Coder implementations importable here ("c": the built-in C extension,
     "constriction": the PyPI package), in the order "auto" prefers them."""
-    out = []
-    for name, probe in (("c", _c_module), ("constriction", _cs)):
-        try:
-            probe()
-        except ImportError:
-            continue
-        out.append(name)
-    return out
+    return [name for name in CODERS if _importable(name)]
 
 
 def resolve_coder(coder: str | None = None) -> str:
     """The implementation to use: `coder`, else $ILC_ENTROPY_CODER, else "auto" (the C
-    extension where it is built, it is the faster one; else constriction)."""
+    extension where it is built, it is the faster one; else constriction). Only the
+    implementations it needs are imported (constriction is not, where the C coder is built)."""
     import os
 
     want = (coder or os.environ.get(CODER_ENV) or "auto").strip().lower()
     if want not in CODERS + ("auto",):
         raise ValueError(f"unknown entropy coder {want!r}; choose one of {', '.join(CODERS)} or auto")
-    have = available_coders()
     if want == "auto":
-        if not have:
-            raise ImportError("no entropy coder available: the C extension ilc_export.codec._rangecoder is not built "
-                              "and constriction is not installed (reinstall with a C compiler: pip install -e ., "
-                              "or python setup.py build_ext --inplace)")
-        return have[0]
-    if want not in have:
+        for name in CODERS:
+            if _importable(name):
+                return name
+        raise ImportError("no entropy coder available: the C extension ilc_export.codec._rangecoder is not built "
+                          "and constriction is not installed (reinstall with a C compiler: pip install -e ., "
+                          "or python setup.py build_ext --inplace)")
+    if not _importable(want):
         hint = ("build it with `pip install -e .` or `python setup.py build_ext --inplace` (needs a C compiler)"
                 if want == "c" else "pip install constriction (x86_64 and macOS wheels only)")
         raise ImportError(f"entropy coder {want!r} is not available here: {hint}")
