@@ -160,8 +160,11 @@ def test_finalize_checkpoint(tmp_path):
     id_before = model_id_of_file(path)
     with pytest.raises(TablesError, match="no codec tables"):
         CodecTables.load(path)
+    path.chmod(0o640)
     mid = finalize_checkpoint(path)
     assert mid == model_id_of_file(path) != id_before
+    assert path.stat().st_mode & 0o777 == 0o640  # rewritten in place, the mode kept
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
     tab = CodecTables.load(path)
     assert tab.latent_channels == 16
     with safe_open(str(path), framework="numpy") as f:

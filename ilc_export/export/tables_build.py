@@ -24,14 +24,13 @@ float64 exactness bound (checked again, exactly, by CodecTables.validate on load
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..codec.errors import TablesError
 from ..codec.tables import CodecTables
+from ..contract.files import write_atomic
 from ..contract.geometry import NUM_SCALES, PAD_MULTIPLE, SCALE_MAX, SCALE_MIN
 from ..contract.model_id import TABLE_PREFIX, compute_model_id, model_id_of_file
 
@@ -382,7 +381,7 @@ def finalize_checkpoint(ckpt_path: str | Path, calib_dir: str | Path | None = No
     import torch
     from ilc_reference.checkpoint import load_model
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     ckpt_path = Path(ckpt_path)
     model = load_model(ckpt_path)
@@ -403,14 +402,5 @@ def finalize_checkpoint(ckpt_path: str | Path, calib_dir: str | Path | None = No
                           f"{model_id_of_file(ckpt_path)} -> {new_id}); files written with the old id would no "
                           "longer decode")
     meta[CALIBRATION_KEY] = _calibration_note(calib_dir, calib)
-    mode = ckpt_path.stat().st_mode & 0o777
-    fd, tmp = tempfile.mkstemp(prefix=f".{ckpt_path.name}.", suffix=".tmp", dir=str(ckpt_path.parent))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, mode)
-        os.replace(tmp, ckpt_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(ckpt_path, save(tensors, metadata=meta))  # keeps the file's mode
     return model_id_of_file(ckpt_path)
