@@ -164,7 +164,7 @@ def evaluate(a) -> None:
         # the ceiling: PSNR of f^-1(y, 0) with y unquantised, before and after the correction
         # (crops whose sides are multiples of 64, as refine_ab's)
         with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+            x = torch.from_numpy(np.array(img, np.float32)).permute(2, 0, 1)[None] / 255.0
             y0, z = model.analysis(x)
             for key, yy in (("ceiling_0", y0), ("ceiling", h(y0, z))):
                 xh = model.synthesis(yy, model.zeros_z(yy)).clamp(0, 1)
