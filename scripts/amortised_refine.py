@@ -77,18 +77,19 @@ def _images(folder: Path, crop: int) -> list[np.ndarray]:
 def train(a) -> None:
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
-    model = load_model(a.ckpt).eval()
+    dev = torch.device(a.device)
+    model = load_model(a.ckpt).eval().to(dev)
     for p in model.parameters():
         p.requires_grad_(False)
     y_ch, z_ch = model.cfg.latent_channels, model.cfg.z_channels
-    h = Correction(y_ch, z_ch, a.hidden)
+    h = Correction(y_ch, z_ch, a.hidden).to(dev)
     opt = torch.optim.Adam(h.parameters(), lr=a.lr)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     state = out / "h.pt"
     step = 0
     if state.exists():
-        s = torch.load(state)
+        s = torch.load(state, map_location=dev)
         h.load_state_dict(s["h"])
         opt.load_state_dict(s["opt"])
         step = s["step"]
@@ -103,7 +104,7 @@ def train(a) -> None:
             img = imgs[rng.integers(len(imgs))]
             t0, l0 = rng.integers(img.shape[0] - a.crop + 1), rng.integers(img.shape[1] - a.crop + 1)
             batch.append(img[t0:t0 + a.crop, l0:l0 + a.crop])
-        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255.0
+        x = (torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255.0).to(dev)
         with torch.no_grad():
             y, z = model.analysis(x)
             w_hat = torch.round(model.h_a(y))
@@ -135,7 +136,7 @@ def evaluate(a) -> None:
     from ilc_export.pipeline.metrics import psnr
 
     torch.set_num_threads(a.threads)
-    s = torch.load(Path(a.out) / "h.pt")
+    s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
     codec = open_codec(a.ckpt, backend="torch")
     model = codec.runner.model
     h = Correction(model.cfg.latent_channels, model.cfg.z_channels, s["hidden"])
@@ -206,6 +207,7 @@ def main(argv=None) -> None:
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
     e = sub.add_parser("eval")
     e.add_argument("--ckpt", required=True)
     e.add_argument("--out", required=True)
