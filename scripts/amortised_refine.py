@@ -144,9 +144,18 @@ def evaluate(a) -> None:
     h.eval()
 
     def refine_fn(m, x, y, w_hat, valid=None):  # the runner's REFINE hook
+        """h's y, unless the model's own objective says the unrefined y is better for this
+        tile (one more decoder pass; the encoder never does worse than without h by it)."""
         with torch.no_grad():
             y0, z = m.analysis(x)
-            return h(y0, z)
+            y1 = h(y0, z)
+            if a.keep_better and objective(m, x, y1, w_hat, valid)[0] >= objective(m, x, y, w_hat, valid)[0]:
+                kept.append(0)
+                return y
+            kept.append(1)
+            return y1
+
+    kept: list[int] = []
 
     codec.runner.refine_fn = refine_fn
     records = {}
@@ -175,7 +184,8 @@ def evaluate(a) -> None:
                 row[f"bpp_{it}"], row[f"psnr_{it}"] = records[(p.name, it)]["bpp"], records[(p.name, it)]["psnr"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    summary = {"q": a.q, "steps": s["step"], "images": len(rows)}
+    summary = {"q": a.q, "steps": s["step"], "images": len(rows), "keep_better": a.keep_better,
+               "tiles_refined": sum(kept), "tiles": len(kept)}
     for key in ("ceiling", "ceiling_0"):
         summary[key] = float(np.mean([r[key] for r in rows]))
     for key in ("", "_0", "_60"):
@@ -188,7 +198,7 @@ def evaluate(a) -> None:
         if f"bpp{key}" in summary:
             d = [math.log(r["bpp"] / r[f"bpp{key}"]) - (r["psnr"] - r[f"psnr{key}"]) / a.slope for r in rows]
             summary[f"local_bd_vs{key}"] = math.exp(float(np.mean(d))) - 1
-    (Path(a.out) / "eval.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+    (Path(a.out) / f"eval{a.tag}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
 
 
@@ -216,6 +226,8 @@ def main(argv=None) -> None:
     e.add_argument("--q", type=int, default=2)
     e.add_argument("--slope", type=float, default=1.547, help="dB per ln(bpp) for the local BD-rate")
     e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--keep-better", action="store_true", help="per tile, keep y where h does not lower the objective")
+    e.add_argument("--tag", default="", help="suffix of eval.json (eval<tag>.json)")
     a = ap.parse_args(argv)
     (train if a.cmd == "train" else evaluate)(a)
 

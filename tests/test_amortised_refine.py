@@ -47,3 +47,8 @@ def test_train_then_eval_through_real_files(tmp_path):
     amortised_refine.main(["eval", "--ckpt", str(CKPT), "--out", str(out), "--crops", str(crops)])
     res = json.loads((out / "eval.json").read_text())
     assert res["summary"]["images"] == 1 and res["rows"][0]["psnr"] > 15 and res["rows"][0]["bpp"] > 0
+    assert res["summary"]["tiles"] == 1 and res["summary"]["tiles_refined"] == 1  # always h without --keep-better
+    amortised_refine.main(["eval", "--ckpt", str(CKPT), "--out", str(out), "--crops", str(crops), "--keep-better",
+                           "--tag", "_kb"])
+    kb = json.loads((out / "eval_kb.json").read_text())["summary"]
+    assert kb["keep_better"] and kb["tiles"] == 1 and kb["tiles_refined"] in (0, 1)
