@@ -10,8 +10,9 @@ and every existing file stay as they are.
 
     python scripts/amortised_refine.py train --ckpt reference/ilc_reference/checkpoints/ilc-q2.safetensors \
         --data ../shared/data/train --out runs/amortised/q2 --minutes 40
-    python scripts/amortised_refine.py eval --ckpt ... --out runs/amortised/q2 --crops runs/refine/r1/crops \
-        --records runs/refine/r1/ilc.jsonl
+    python scripts/amortised_refine.py eval --ckpt ... --out runs/amortised/q2 --q 2 --crops runs/refine/r1/crops \
+        --records runs/refine/r1/ilc.jsonl [--keep-better --tag _kb]
+    python scripts/amortised_refine.py report runs/amortised/q{1,2,3}/eval_kb.json --records runs/refine/r1
 
 `train` checkpoints h (h.pt) every 50 steps and resumes from it. `eval` codes the crops to real
 files through the torch backend with h as the runner's refinement (``refine_fn``), decodes them
@@ -202,6 +203,49 @@ def evaluate(a) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def report(a) -> dict:
+    """True BD-rates (Bjontegaard, PSNR-RGB, over the qualities evaluated) of the amortised
+    curve against the unrefined ILC, the 60-step refinement, the baseline and Pillow JPEG, all
+    on the same crops (refine_ab's records)."""
+    from ilc_export.verify.rd import bd_rate
+    from refine_ab import curve
+
+    rec = Path(a.records)
+    recs = {k: [json.loads(x) for x in (rec / f"{k}.jsonl").read_text().splitlines()] for k in ("ilc", "baseline")}
+    am, ceil = [], {}
+    for e in a.evals:
+        res = json.loads(Path(e).read_text())
+        q = res["summary"]["q"]
+        am += [{"q": q, "image": r["image"], "bpp": r["bpp"], "psnr": r["psnr"]} for r in res["rows"]]
+        ceil[q] = (res["summary"]["ceiling_0"], res["summary"]["ceiling"], res["summary"]["steps"])
+    qs = sorted({r["q"] for r in am})
+    images = {r["image"] for r in am}
+    pick = lambda rs, it: [r for r in rs if r["iters"] == it and r["q"] in qs and r["image"] in images]  # noqa: E731
+    curves = {"ILC": curve(pick(recs["ilc"], 0), "ilc"), "ILC refine 60": curve(pick(recs["ilc"], 60), "ilc"),
+              "ILC amortised": curve(am, "ilc"), "baseline": curve(pick(recs["baseline"], 0), "baseline")}
+    jpeg = rec / f"pillow_jpeg_{len(images)}.json"
+    if jpeg.exists():
+        curves["Pillow JPEG"] = json.loads(jpeg.read_text())
+    refs = [k for k in ("Pillow JPEG", "ILC", "ILC refine 60", "baseline") if k in curves]
+    lines = [f"| curve ({len(images)} crops, q{'/'.join(map(str, qs))}) | bpp | PSNR | " + " | ".join(f"vs {k}" for k in refs) + " |",
+             "|---|---|---|" + "---|" * len(refs)]
+    table = {}
+    for n in ("ILC", "ILC refine 60", "ILC amortised", "baseline"):
+        c = curves[n]["results"]
+        row = {k: bd_rate(curves[k], curves[n]) for k in refs if k != n}
+        table[n] = {"curve": c, "bd_rate": row}
+        lines.append(f"| {n} | {' / '.join(f'{v:.4f}' for v in c['bpp'])} | {' / '.join(f'{v:.2f}' for v in c['psnr-rgb'])} | "
+                     + " | ".join(f"{row[k]:+.1f} %" if k in row else "-" for k in refs) + " |")
+    lines.append("")
+    lines.append("ceiling (PSNR of f^-1(y, 0), y unquantised), before -> after h: " +
+                 ", ".join(f"q{q} {c0:.2f} -> {c1:.2f} dB ({st} steps)" for q, (c0, c1, st) in sorted(ceil.items())))
+    out = {"table": table, "ceiling": {str(q): v for q, v in ceil.items()}, "images": sorted(images)}
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    print("\n".join(lines))
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -228,8 +272,12 @@ def main(argv=None) -> None:
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--keep-better", action="store_true", help="per tile, keep y where h does not lower the objective")
     e.add_argument("--tag", default="", help="suffix of eval.json (eval<tag>.json)")
+    r = sub.add_parser("report")
+    r.add_argument("evals", nargs="+", help="eval*.json of each quality")
+    r.add_argument("--records", required=True, help="refine_ab run folder (ilc.jsonl, baseline.jsonl, pillow_jpeg_N.json)")
+    r.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    (train if a.cmd == "train" else evaluate)(a)
+    {"train": train, "eval": evaluate, "report": report}[a.cmd](a)
 
 
 if __name__ == "__main__":

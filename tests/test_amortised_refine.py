@@ -52,3 +52,14 @@ def test_train_then_eval_through_real_files(tmp_path):
                            "--tag", "_kb"])
     kb = json.loads((out / "eval_kb.json").read_text())["summary"]
     assert kb["keep_better"] and kb["tiles"] == 1 and kb["tiles_refined"] in (0, 1)
+    # report: curves on the same crops as refine_ab's records
+    rec = tmp_path / "records"
+    rec.mkdir()
+    for kind, bpp in (("ilc", 0.5), ("baseline", 0.4)):
+        (rec / f"{kind}.jsonl").write_text("".join(json.dumps({"q": 2, "image": "c.png", "iters": it, "bpp": bpp, "psnr": 25.0 + it / 100})
+                                                   + "\n" for it in (0, 60)))
+    amortised_refine.main(["report", str(out / "eval_kb.json"), "--records", str(rec), "--json", str(tmp_path / "rep.json")])
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["table"]["ILC amortised"]["curve"]["bpp"] == [pytest.approx(res["rows"][0]["bpp"])]
+    assert rep["table"]["ILC refine 60"]["curve"]["psnr-rgb"] == [pytest.approx(25.6)]
+    assert rep["images"] == ["c.png"]
