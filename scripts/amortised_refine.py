@@ -51,14 +51,19 @@ class Correction(nn.Module):
         return y + self.net(torch.cat([y, z], 1))
 
 
-def objective(model, x, y_new, w_hat, valid=None):
-    """rate (bits per pixel) + lambda 255^2 MSE through the z = 0 decoder, at round(y' - mu)."""
+def objective(model, x, y_new, w_hat, valid=None, rate: str = "ste"):
+    """rate (bits per pixel) + lambda 255^2 MSE through the z = 0 decoder, at round(y' - mu).
+
+    rate "ste": the rate of the rounded residual with straight-through gradients (what the
+    file costs); "noise": of y' - mu + U(-1/2, 1/2) (the model's training proxy: unbiased
+    gradients of the rate; the distortion still sees the rounded residual)."""
     h, w = valid or x.shape[2:]
     mu = model.hyper_mean(w_hat)
     sigma = torch.exp(model.hyper_scale(w_hat)).clamp(SCALE_MIN, SCALE_MAX)
     r = ste_round(y_new - mu)
     x_hat = model.synthesis(r + mu, model.zeros_z(y_new))[..., :h, :w]
-    bpp = -torch.log2(gaussian_likelihood(r, sigma)).sum() / (x.shape[0] * h * w)
+    rr = r if rate == "ste" else y_new - mu + torch.empty_like(y_new).uniform_(-0.5, 0.5)
+    bpp = -torch.log2(gaussian_likelihood(rr, sigma)).sum() / (x.shape[0] * h * w)
     mse = torch.mean((x_hat - x[..., :h, :w]) ** 2)
     return bpp + model.cfg.lmbda * 255**2 * mse, bpp, mse
 
@@ -110,7 +115,7 @@ def train(a) -> None:
             y, z = model.analysis(x)
             w_hat = torch.round(model.h_a(y))
             base, b_bpp, b_mse = objective(model, x, y, w_hat)
-        loss, bpp, mse = objective(model, x, h(y, z), w_hat)
+        loss, bpp, mse = objective(model, x, h(y, z), w_hat, rate=a.rate)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -262,6 +267,7 @@ def main(argv=None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
+    t.add_argument("--rate", default="ste", choices=["ste", "noise"], help="rate term's quantisation proxy (objective)")
     e = sub.add_parser("eval")
     e.add_argument("--ckpt", required=True)
     e.add_argument("--out", required=True)
