@@ -345,7 +345,6 @@ def test_scale_net_fast_path_is_exact(monkeypatch, threads):
     monkeypatch.setenv(intnet.THREADS_ENV, threads)
     tables = [_tables("hand")] + [CodecTables.load(p) for p in _shipped()]
     rng = np.random.default_rng(int(threads))
-    recomputed = 0
     for tab in tables:
         assert intnet._f32_layer_ok(tab)
         for h, w in ((1, 1), (3, 5), (9, 15)):

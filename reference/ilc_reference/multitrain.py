@@ -109,7 +109,7 @@ def run_inproc(runs: list[dict], deadline: float | None, share: str = "steps", s
                 if time.time() + 1.5 * (tr.step_ewma or 0.0) + final + 0.5 > deadline:
                     break
             t0 = time.time()
-            st = tr.step()
+            tr.step()
             busy[id(tr)] += time.time() - t0
             pixels[id(tr)] += tr.last_pixels
             if tr.want_checkpoint():
