@@ -275,6 +275,12 @@ def indices_from_v(tables: CodecTables, v: np.ndarray) -> np.ndarray:
 _U32 = 2.0**-24
 
 
+def _gamma32(k: int) -> float:
+    """Higham's gamma_k = k u / (1 - k u) for float32: the relative error bound of a k-term
+    dot product in any summation order."""
+    return k * _U32 / (1.0 - k * _U32)
+
+
 def _f32_layer_ok(tables: CodecTables) -> bool:
     """The float32 fast path needs float32-exact inputs: |W| and act_max at most 2**24."""
     w = tables.weights[2]
@@ -305,7 +311,7 @@ def _last_layer_indices_f32(tables: CodecTables, a: np.ndarray, out: np.ndarray)
     w32 = wt.reshape(cout, k).astype(np.float32)
     w64 = np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float64)
     b64 = np.ascontiguousarray(tables.biases[2], dtype=np.float64)
-    gamma = (k + 2) * _U32 / (1.0 - (k + 2) * _U32)
+    gamma = _gamma32(k + 2)
     wscale = np.sqrt((w64 * w64).sum(axis=1)) * (2.0 * gamma)
     t = np.ascontiguousarray(tables.thresholds, dtype=np.float64)
     xp = _work("xp32", (cin, h + 2, w + 2), np.float32)
@@ -464,7 +470,7 @@ def _prepared(tables: CodecTables) -> dict:
     # layer 1's input is an activation, in [0, act_max[0]]; layer 0's (w_hat) is signed
     wino = [_winograd_weights(tables.weights[layer], tables.biases[layer], in_max[layer], nonneg=layer > 0,
                               shift=int(tables.shifts[layer])) for layer in range(2)]
-    gamma = (k + 2) * _U32 / (1.0 - (k + 2) * _U32)
+    gamma = _gamma32(k + 2)
     prep = {"hidden": hidden, "wino": wino, "f32_ok": _f32_layer_ok(tables),
             "wino_last": _winograd_last_weights(tables.weights[2], int(tables.act_max[1])), "w32": np.ascontiguousarray(wt.reshape(cout, k), dtype=np.float32), "w64": w64,
             "b64": np.ascontiguousarray(tables.biases[2], dtype=np.float64),
@@ -478,6 +484,15 @@ def _prepared(tables: CodecTables) -> dict:
 #: 2G and B^T of Winograd F(2x2, 3x3) (see wino_in / wino_post in _rangecoder.c)
 _WG2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)
 _WBT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int64)
+
+
+def _winograd_filter(w: np.ndarray) -> np.ndarray:
+    """U_ij[o, c] = ((2G) W[o, c] (2G)^T)_ij as int64 (16, cout, cin): 4x the usual transformed
+    filter, integers (exact for |W| < 2**31: |U| <= 9 * 2**31)."""
+    cout, cin = w.shape[:2]
+    return np.einsum("ik,ockl,jl->ijoc", _WG2, w.astype(np.int64), _WG2).reshape(16, cout, cin)
+
+
 #: $ILC_INTNET_WINOGRAD=0 turns the Winograd hidden layers off (the im2col GEMM runs instead)
 WINOGRAD_ENV = "ILC_INTNET_WINOGRAD"
 
@@ -498,9 +513,8 @@ def _winograd_weights(weight: np.ndarray, bias: np.ndarray, in_max: int, nonneg:
     b = np.asarray(bias).astype(np.int64)
     if np.abs(b).max(initial=0) >= 2**53:
         return None
-    u = np.einsum("ik,ockl,jl->ijoc", _WG2, w.astype(np.int64), _WG2)  # |U| <= 9 * 2**31: fits int64
+    u = _winograd_filter(w)
     cout, cin = w.shape[:2]
-    u = u.reshape(16, cout, cin)
     if cin > 2**20:
         return None
     fast = 0 <= shift <= 60
@@ -535,11 +549,9 @@ def _winograd_last_weights(weight: np.ndarray, in_max: int):
     w = np.asarray(weight)
     if w.ndim != 4 or w.shape[2:] != (3, 3) or 4 * int(in_max) >= 2**24 or np.abs(w.astype(np.int64)).max(initial=0) >= 2**31:
         return None
-    u = np.einsum("ik,ockl,jl->ijoc", _WG2, w.astype(np.int64), _WG2)  # |U| <= 16 * 2**31: exact in int64
-    cout, cin = w.shape[:2]
-    u = u.reshape(16, cout, cin)
-    k = cin + 2
-    gamma = k * _U32 / (1.0 - k * _U32)
+    u = _winograd_filter(w)
+    cin = w.shape[1]
+    gamma = _gamma32(cin + 2)
     norms = np.sqrt((u.astype(np.float64) ** 2).sum(axis=2)).max(axis=0)  # max over ij, per o
     wscale = norms * ((gamma + 3 * _U32) * (1.0 + 2.0**-20) / 4.0)
     return np.ascontiguousarray(u, dtype=np.float32), np.ascontiguousarray(wscale)
