@@ -22,6 +22,7 @@ records of ``scripts/refine_ab.py`` for the same crops and quality.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import time
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ilc_export.contract.files import write_atomic
 from ilc_reference.checkpoint import load_model
 from ilc_reference.config import SCALE_MAX, SCALE_MIN
 from ilc_reference.entropy import gaussian_likelihood, ste_round
@@ -101,6 +103,11 @@ def train(a) -> None:
         step = s["step"]
         print(f"resuming at step {step}", flush=True)
     imgs = _images(Path(a.data), a.crop)
+    def save(at: int) -> None:  # resumable: h, Adam's moments and the step, written atomically
+        buf = io.BytesIO()
+        torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": at, "hidden": a.hidden}, buf)
+        write_atomic(state, buf.getbuffer())
+
     rng = np.random.default_rng(a.seed + step)
     t_end = time.time() + a.minutes * 60
     log = open(out / "log.jsonl", "a")
@@ -127,12 +134,8 @@ def train(a) -> None:
             log.flush()
             print(f"step {step}: loss {rec['loss']:.4f} (unrefined {rec['base']:.4f})", flush=True)
         if step % 50 == 0:
-            tmp = state.with_suffix(".tmp")
-            torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": step, "hidden": a.hidden}, tmp)
-            tmp.replace(state)
-    tmp = state.with_suffix(".tmp")
-    torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": step, "hidden": a.hidden}, tmp)
-    tmp.replace(state)
+            save(step)
+    save(step)
     log.close()
 
 
