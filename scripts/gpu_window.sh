@@ -12,7 +12,11 @@
 # Env: OUT (results folder; default /tmp/ilc_window_out), WORK (scratch; default /tmp/ilc_window),
 #      RESERVE_S (seconds kept for packing; default 30), PYTHON (default python3),
 #      BENCH_S (if set: first spend about this long on scripts/train_bench.py, which measures
-#      pixels/s per model per speed-up flag set into runs/bench.jsonl; training gets the rest).
+#      pixels/s per model per speed-up flag set into runs/bench.jsonl; training gets the rest),
+#      SIDE_CMD (if set: a command run beside the training, with SIDE (a folder to write its
+#      results to), DATA (the bundle's images) and DEADLINE_AT (epoch s by which it must have
+#      saved) exported; it must stop by itself by then. SIDE goes back as side.tar, and the
+#      training results get what the transfer limits leave).
 set -uo pipefail
 T0=$(date +%s)
 BUNDLE=${1:-gpu_window/bundle}
@@ -36,11 +40,26 @@ if [ -n "${BENCH_S:-}" ]; then
   $PY scripts/train_bench.py --time-limit-s "$BENCH_S" --warmup 3 --steps 10 \
       --json "$WORK/runs/bench.jsonl" ${BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
 fi
+DEADLINE_AT=$(( T0 + SECONDS_BUDGET - RESERVE ))
+SIDE_PID=
+if [ -n "${SIDE_CMD:-}" ]; then
+  export SIDE="$WORK/side" DATA="$(cd "$BUNDLE" && pwd)/data" DEADLINE_AT
+  mkdir -p "$SIDE"
+  ( bash -c "$SIDE_CMD" ) >"$WORK/runs/side.log" 2>&1 &
+  SIDE_PID=$!
+fi
 $PY -m ilc_reference.multitrain --plan "$WORK/plan.json" --out-root "$WORK/runs" \
-    --deadline-at $(( T0 + SECONDS_BUDGET - RESERVE )) "$@" 2>&1 | tee -a "$LOG"
+    --deadline-at "$DEADLINE_AT" "$@" 2>&1 | tee -a "$LOG"
 TRAIN_RC=${PIPESTATUS[0]}
 echo "training exit $TRAIN_RC after $(( $(date +%s) - T0 ))s" | tee -a "$LOG"
-$PY -m ilc_reference.bundle pack-results "$WORK/runs" --out "$OUTDIR" 2>&1 | tee -a "$LOG"
+PACK_ARGS=()
+if [ -n "$SIDE_PID" ]; then
+  wait "$SIDE_PID"; echo "side command exit $? after $(( $(date +%s) - T0 ))s" | tee -a "$LOG"
+  tar -C "$WORK" -cf "$OUTDIR/side.tar" side
+  SIDE_MIB=$(( ($(stat -c %s "$OUTDIR/side.tar") >> 20) + 1 ))
+  PACK_ARGS=(--max-files 7 --total-mib $(( 64 - SIDE_MIB )))
+fi
+$PY -m ilc_reference.bundle pack-results "$WORK/runs" --out "$OUTDIR" "${PACK_ARGS[@]}" 2>&1 | tee -a "$LOG"
 RC=${PIPESTATUS[0]}
 echo "window done after $(( $(date +%s) - T0 ))s" | tee -a "$LOG"
 [ "$RC" -eq 0 ] || cp "$LOG" "$OUTDIR/"

@@ -91,6 +91,8 @@ def run_inproc(runs: list[dict], deadline: float | None, share: str = "steps", s
         trainers.append(t)
     print(f"{len(trainers)} models ready"
           + (f", {deadline - time.time():.0f} s to the deadline" if deadline else ""), flush=True)
+    for t in trainers:
+        t.set_lr_window(time.time(), deadline)
     start = {id(t): t.step_no for t in trainers}
     busy = {id(t): 0.0 for t in trainers}
     pixels = {id(t): 0 for t in trainers}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import random
 import signal
@@ -182,7 +183,15 @@ class Trainer:
                 from safetensors.torch import load_file
 
                 sd = {k: v for k, v in load_file(args.init).items() if not k.startswith(TABLE_PREFIX)}
-                self.model.load_state_dict(sd)
+                if args.init_partial:  # modules the init lacks keep their fresh init (e.g. a zero-initialised g)
+                    missing, unexpected = self.model.load_state_dict(sd, strict=False)
+                    if unexpected:
+                        raise SystemExit(f"--init {args.init} has weights this model does not: {sorted(unexpected)[:4]}")
+                    if missing:
+                        mods = sorted({k.split('.')[0] for k in missing})
+                        self.notes.append(f"fresh (not in the init): {len(missing)} tensors of {', '.join(mods)}")
+                else:
+                    self.model.load_state_dict(sd)
                 self.notes.append(f"initialised from {args.init}")
         if self.cuda:
             if cuda_rng is None:  # fresh, or a state from a CPU run: a CUDA stream seeded like the CPU one
@@ -229,6 +238,22 @@ class Trainer:
         self.save_ewma = 0.2 + 3 * sum(p.numel() * p.element_size() for p in self.model.parameters()) / 100e6
         self.last_stats: dict = {}
         self.last_pixels = 0
+        self.lr_window: tuple[float, float] | None = None
+
+    def set_lr_window(self, t_start: float, t_end: float | None):
+        """With --lr-end: decay the lr from --lr to --lr-end (cosine) between these wall times.
+
+        Time, not steps, because a borrowed GPU is a deadline: the decay must end when it does."""
+        if self.args.lr_end is not None and t_end is not None and t_end > t_start:
+            self.lr_window = (t_start, t_end)
+
+    def current_lr(self, now: float) -> float:
+        a = self.args
+        if self.lr_window is None:
+            return a.lr
+        t0, t1 = self.lr_window
+        frac = min(max((now - t0) / (t1 - t0), 0.0), 1.0)
+        return a.lr_end + (a.lr - a.lr_end) * 0.5 * (1 + math.cos(math.pi * frac))
 
     def _make_optimizer(self):
         kw = {}
@@ -261,6 +286,9 @@ class Trainer:
     def step(self) -> dict:
         """One optimisation step; returns the logged stats."""
         t = time.time()
+        if self.lr_window is not None:
+            for g in self.opt.param_groups:
+                g["lr"] = self.current_lr(t)
         x = self.batches.next().to(self.device, non_blocking=True)
         if self.args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -285,6 +313,8 @@ class Trainer:
         self.last_pixels = x.shape[0] * x.shape[2] * x.shape[3]
         stats["step"] = self.step_no
         stats["wall"] = round(self.wall, 2)
+        if self.lr_window is not None:
+            stats["lr"] = self.opt.param_groups[0]["lr"]
         self.log.write(json.dumps(stats) + "\n")
         dt = time.time() - t
         self.step_ewma = dt if self.step_ewma is None else 0.8 * self.step_ewma + 0.2 * dt
@@ -386,6 +416,7 @@ def train(args) -> Path:
     stop = StopFlag()
     deadline = deadline_of(args, start)
     stop_at = time.time() + args.max_minutes * 60 if args.max_minutes else None
+    tr.set_lr_window(time.time(), min(t for t in (deadline, stop_at) if t) if (deadline or stop_at) else None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     try:
@@ -424,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixels", type=int, default=128 * 128 * 8,
                    help="pixels per step: batch = round(pixels / crop^2); 0 = use --batch")
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-end", type=float, default=None,
+                   help="decay the lr (cosine) to this by the deadline / --max-minutes (needs one of them)")
+    p.add_argument("--init-partial", action="store_true",
+                   help="--init may lack whole modules of this model (they keep their fresh init)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--ckpt-every-s", type=float, default=0, help="also checkpoint after this many seconds (0 = off)")
