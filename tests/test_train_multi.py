@@ -383,3 +383,60 @@ def test_prefetch_changes_no_batch(tmp_path):
         train_main(["--data", str(data), "--out", str(tmp_path / out), "--config", str(cfg), "--steps", "3", "--batch", "2",
                     "--crop", "64", "--pixels", "0", "--threads", "1", "--quiet", *extra])
     _same_state(tmp_path / "a", tmp_path / "b")
+
+
+def test_lr_end_decays_cosine_over_the_window_and_only_with_a_deadline(tmp_path):
+    from ilc_reference.train import Trainer, build_parser
+
+    data = _images(tmp_path / "imgs")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(tiny_config().to_json())
+    base = ["--data", str(data), "--config", str(cfg), "--crop", "64", "--batch", "1", "--pixels", "0", "--threads", "1",
+            "--quiet", "--lr", "1e-3"]
+    tr = Trainer(build_parser().parse_args([*base, "--out", str(tmp_path / "a"), "--lr-end", "1e-5"]))
+    tr.set_lr_window(100.0, 200.0)
+    assert tr.current_lr(100.0) == pytest.approx(1e-3)
+    assert tr.current_lr(150.0) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert tr.current_lr(200.0) == pytest.approx(1e-5) and tr.current_lr(999.0) == pytest.approx(1e-5)
+    tr.set_lr_window(time.time(), time.time() + 60)
+    tr.step()
+    assert tr.opt.param_groups[0]["lr"] < 1e-3 and tr.last_stats["lr"] == tr.opt.param_groups[0]["lr"]
+    tr.close()
+    plain = Trainer(build_parser().parse_args([*base, "--out", str(tmp_path / "b")]))
+    plain.set_lr_window(time.time(), time.time() + 60)  # no --lr-end: the lr stays
+    plain.step()
+    assert plain.opt.param_groups[0]["lr"] == 1e-3 and "lr" not in plain.last_stats
+    plain.close()
+
+
+def test_init_partial_keeps_fresh_modules_and_refuses_foreign_weights(tmp_path):
+    from ilc_reference.checkpoint import save_checkpoint
+    from ilc_reference.config import ModelConfig
+    from ilc_reference.model import build_model
+    from ilc_reference.train import Trainer, build_parser
+
+    data = _images(tmp_path / "imgs")
+    plain_cfg = tiny_config()
+    init = tmp_path / "init.safetensors"
+    torch.manual_seed(3)
+    save_checkpoint(build_model(plain_cfg), init)
+    g_cfg = tmp_path / "g.json"
+    g_cfg.write_text(ModelConfig.from_dict({**json.loads(plain_cfg.to_json()), "z_model": "g", "g_hidden": 8}).to_json())
+    args = ["--data", str(data), "--crop", "64", "--batch", "1", "--pixels", "0", "--threads", "1", "--quiet",
+            "--init", str(init)]
+    with pytest.raises(RuntimeError, match="Missing key"):  # strict by default
+        Trainer(build_parser().parse_args([*args, "--config", str(g_cfg), "--out", str(tmp_path / "s")]))
+    tr = Trainer(build_parser().parse_args([*args, "--config", str(g_cfg), "--out", str(tmp_path / "p"), "--init-partial"]))
+    w = load_file(str(init))
+    sd = tr.model.state_dict()
+    assert all(torch.equal(sd[k], w[k]) for k in w)  # every init weight taken
+    assert any(k.startswith("g.") for k in sd) and any("fresh" in n and "g" in n for n in tr.notes)
+    tr.close()
+    # the other way round (a g init into a model without g) is refused even with --init-partial
+    g_init = tmp_path / "g_init.safetensors"
+    save_checkpoint(tr.model, g_init)
+    plain_json = tmp_path / "plain.json"
+    plain_json.write_text(plain_cfg.to_json())
+    with pytest.raises(SystemExit, match="does not"):
+        Trainer(build_parser().parse_args([*args[:-1], str(g_init), "--config", str(plain_json),
+                                           "--out", str(tmp_path / "q"), "--init-partial"]))
