@@ -7,8 +7,9 @@
   whose hidden layers saturate at act_max or sit on the floor boundaries, every band split,
   1 and 2 threads.
 - Streams written before the change (tests/data/entropy_golden.npz: every shipped model,
-  Kodak crops, every tile; written by the pre-change coder, commit e0e7db0) decode to the
-  same symbols and are written again byte for byte.
+  Kodak crops, every tile; the baselines' written by the pre-change coder, commit e0e7db0; the
+  ILC's rewritten for its new checkpoints by scripts/entropy_golden.py, with a coder that
+  reproduced the old entries) decode to the same symbols and are written again byte for byte.
 - The C coder's grouping by scale index (4 interleaved blocks) on every small size.
 """
 from __future__ import annotations
