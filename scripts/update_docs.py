@@ -43,14 +43,16 @@ def models_table(s, est) -> str:
     return "\n".join(rows)
 
 
-def budget_note(budget) -> str:
-    """' (590 s of one device each; ILC 3592 steps, baseline 10801)' for the q2 pair, when known."""
+def budget_label(budget) -> str:
+    """'equal budget (590 s on <device> each; q2: ILC 3592 steps, baseline 10801)' for the q2
+    pair; where the cards' wall times or devices differ it says so instead of 'equal'."""
     i, b = (budget or {}).get("ilc-q2"), (budget or {}).get("baseline-q2")
     if not i or not b:
-        return ""
-    same = i.get("wall_s") == b.get("wall_s") and i.get("device") == b.get("device")
-    where = f"{i['wall_s']} s on {i['device']} each" if same else "see the model card"
-    return f" ({where}; q2: ILC {i.get('steps')} steps, baseline {b.get('steps')})"
+        return "equal budget"
+    steps = f"q2: ILC {i.get('steps')} steps, baseline {b.get('steps')}"
+    if i.get("wall_s") == b.get("wall_s") and i.get("device") == b.get("device"):
+        return f"equal budget ({i['wall_s']} s on {i['device']} each; {steps})"
+    return f"**unequal budget** (ILC {i.get('wall_s')} s, baseline {b.get('wall_s')} s of GPU time; {steps}; see the model card)"
 
 
 def bd_table(s) -> str:
@@ -66,7 +68,7 @@ def bd_table(s) -> str:
             f"| Pillow WebP vs Pillow JPEG | {pct(web.get('vs_jpeg_psnr-rgb'))} | {pct(web.get('vs_jpeg_ms-ssim-rgb'))} | {db(web.get('bd_psnr_vs_jpeg'))} |",
             f"| Pillow AVIF vs Pillow JPEG | {pct(avif.get('vs_jpeg_psnr-rgb'))} | {pct(avif.get('vs_jpeg_ms-ssim-rgb'))} | {db(avif.get('bd_psnr_vs_jpeg'))} |"]
     if claim:
-        rows.append(f"| ILC vs conv baseline, equal budget{budget_note(claim.get('budget'))} (paper claim) | **{pct(claim['psnr-rgb']['bd_rate_ilc_vs_baseline'])}** | "
+        rows.append(f"| ILC vs conv baseline, {budget_label(claim.get('budget'))} (paper claim) | **{pct(claim['psnr-rgb']['bd_rate_ilc_vs_baseline'])}** | "
                     f"{pct(claim['ms-ssim-rgb']['bd_rate_ilc_vs_baseline'])} | {db(claim['psnr-rgb']['bd_psnr_ilc_vs_baseline'])} |")
     return "\n".join(rows)
 

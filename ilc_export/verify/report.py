@@ -243,7 +243,7 @@ def render_markdown(s: dict) -> str:
                      f"{_db(a.get('ilc_vs_anchor_bd_psnr'))} |")
     if s.get("paper_claim"):
         c = s["paper_claim"]
-        L += ["\n## Paper claim: ILC vs the non-invertible baseline (same entropy model, equal training budget)\n",
+        L += ["\n## Paper claim: ILC vs the non-invertible baseline (same entropy model; the training budget of each model below)\n",
               "| metric | BD-rate ILC vs baseline | BD-quality ILC vs baseline |", "|---|---|---|",
               f"| PSNR | {_fmt(c['psnr-rgb']['bd_rate_ilc_vs_baseline'])} | {_db(c['psnr-rgb']['bd_psnr_ilc_vs_baseline'])} |",
               f"| MS-SSIM | {_fmt(c['ms-ssim-rgb']['bd_rate_ilc_vs_baseline'])} | "
