@@ -180,6 +180,12 @@ def evaluate(a) -> None:
         enc_s = time.perf_counter() - t0
         rec, _ = codec.decompress(data)
         row = {"image": p.name, "bpp": 8 * len(data) / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec), "enc_s": enc_s}
+        if a.plain:  # the same crop without h: the comparison where no refine_ab records fit the model
+            codec.runner.refine_fn = None
+            data0, _ = codec.compress(img)
+            codec.runner.refine_fn = refine_fn
+            row["bpp_0"] = 8 * len(data0) / (img.shape[0] * img.shape[1])
+            row["psnr_0"] = psnr(img, codec.decompress(data0)[0])
         # the ceiling: PSNR of f^-1(y, 0) with y unquantised, before and after the correction
         # (crops whose sides are multiples of 64, as refine_ab's)
         with torch.no_grad():
@@ -189,7 +195,7 @@ def evaluate(a) -> None:
                 xh = model.synthesis(yy, model.zeros_z(yy)).clamp(0, 1)
                 row[key] = psnr(img, np.rint(xh[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
         for it in (0, 60):
-            if (p.name, it) in records:
+            if (p.name, it) in records and f"bpp_{it}" not in row:
                 row[f"bpp_{it}"], row[f"psnr_{it}"] = records[(p.name, it)]["bpp"], records[(p.name, it)]["psnr"]
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -281,6 +287,7 @@ def main(argv=None) -> None:
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--keep-better", action="store_true", help="per tile, keep y where h does not lower the objective")
     e.add_argument("--tag", default="", help="suffix of eval.json (eval<tag>.json)")
+    e.add_argument("--plain", action="store_true", help="also encode each crop without h (bpp_0, psnr_0)")
     r = sub.add_parser("report")
     r.add_argument("evals", nargs="+", help="eval*.json of each quality")
     r.add_argument("--records", required=True, help="refine_ab run folder (ilc.jsonl, baseline.jsonl, pillow_jpeg_N.json)")

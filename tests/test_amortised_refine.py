@@ -52,6 +52,20 @@ def test_train_then_eval_through_real_files(tmp_path):
                            "--tag", "_kb"])
     kb = json.loads((out / "eval_kb.json").read_text())["summary"]
     assert kb["keep_better"] and kb["tiles"] == 1 and kb["tiles_refined"] in (0, 1)
+    # --plain: the same crop without h, through real files, for models no records fit
+    from ilc_export.pipeline.api import open_codec
+    from ilc_export.pipeline.image_io import load_rgb
+    from ilc_export.pipeline.metrics import psnr
+
+    amortised_refine.main(["eval", "--ckpt", str(CKPT), "--out", str(out), "--crops", str(crops), "--plain",
+                           "--tag", "_plain"])
+    pl = json.loads((out / "eval_plain.json").read_text())
+    img = load_rgb(crops / "c.png")[0]
+    plain_codec = open_codec(CKPT, backend="torch")
+    data0, _ = plain_codec.compress(img)
+    assert pl["rows"][0]["bpp_0"] == 8 * len(data0) / img[..., 0].size
+    assert pl["rows"][0]["psnr_0"] == pytest.approx(psnr(img, plain_codec.decompress(data0)[0]))
+    assert pl["rows"][0]["bpp"] == res["rows"][0]["bpp"] and "local_bd_vs_0" in pl["summary"]
     # report: curves on the same crops as refine_ab's records
     rec = tmp_path / "records"
     rec.mkdir()
