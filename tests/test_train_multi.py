@@ -440,3 +440,29 @@ def test_init_partial_keeps_fresh_modules_and_refuses_foreign_weights(tmp_path):
     with pytest.raises(SystemExit, match="does not"):
         Trainer(build_parser().parse_args([*args[:-1], str(g_init), "--config", str(plain_json),
                                            "--out", str(tmp_path / "q"), "--init-partial"]))
+
+
+def test_gpu_window_script_runs_a_side_job_and_sends_its_folder_back(tmp_path, monkeypatch):
+    """scripts/gpu_window.sh end to end on CPU: unpack, train, a SIDE_CMD beside it, and the
+    results packed so that side.tar plus the training parts keep to the file-count limit."""
+    import tarfile
+
+    monkeypatch.chdir(tmp_path)
+    data = _images(tmp_path / "imgs", n=3, size=(100, 140))
+    b = tmp_path / "bundle"
+    bundle.pack(str(_plan(tmp_path, data, steps=2)), str(b), cap_mib=2, tree_aware=False, short_side=64)
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "OUT": str(out), "WORK": str(work), "PYTHON": sys.executable, "RESERVE_S": "10",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "reference"), str(ROOT)]),
+           "SIDE_CMD": 'find "$DATA" -type f > "$SIDE/data.txt"; echo "$DEADLINE_AT" > "$SIDE/deadline.txt"'}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_window.sh"), str(b), "120", "--threads", "1"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert "side.tar" in files and "results-index.json" in files and len(files) <= 8
+    with tarfile.open(out / "side.tar") as t:
+        side = {m.name: t.extractfile(m).read().decode() for m in t.getmembers() if m.isfile()}
+    assert len(side["side/data.txt"].split()) == 3  # the bundle's images
+    assert int(side["side/deadline.txt"]) > time.time() - 300
+    index = json.loads((out / "results-index.json").read_text())
+    assert set(index["runs"]) == {"ilc_a", "base_b"} and len(index["parts"]) <= 7
