@@ -24,7 +24,6 @@ CROPS = {"kodim01": ("kodim01.png", 192, 256, 0), "kodim15": ("kodim15.png", 64,
 
 
 def entries(model: str) -> dict[str, np.ndarray]:
-    from ilc_export.codec import bitstream
     from ilc_export.pipeline.api import open_codec
     from ilc_export.pipeline.image_io import load_rgb
 
@@ -34,14 +33,13 @@ def entries(model: str) -> dict[str, np.ndarray]:
         if crop == "kodim23" and model != "ilc-q2":
             continue
         img = np.ascontiguousarray(load_rgb(KODAK / name)[0][:h, :w])
-        data, _ = codec.compress(img, tile=tile or None)
-        header, streams = bitstream.unpack(data)
-        th, tw = header.tile_size
-        for t in range(header.num_tiles):
-            s0, s1 = streams[2 * t], streams[2 * t + 1]
-            wh, yh = codec.entropy.decode([s0, s1], (48, th // 64, tw // 64), (96, th // 16, tw // 16))
-            out.update({f"{model}/{crop}/{t}/w": wh.astype(np.int8), f"{model}/{crop}/{t}/y": yh.astype(np.int16),
-                        f"{model}/{crop}/{t}/s0": np.frombuffer(s0, np.uint8), f"{model}/{crop}/{t}/s1": np.frombuffer(s1, np.uint8)})
+        dec = codec.open_file(codec.compress(img, tile=tile or None)[0], max_pixels=None)
+        for t in dec.tiles:
+            s0, s1 = dec.tile_streams(t.index)
+            wh, yh = codec.decode_symbols([s0, s1], dec.shapes[t.index])
+            key = f"{model}/{crop}/{t.index}"
+            out.update({f"{key}/w": wh.astype(np.int8), f"{key}/y": yh.astype(np.int16),
+                        f"{key}/s0": np.frombuffer(s0, np.uint8), f"{key}/s1": np.frombuffer(s1, np.uint8)})
     return out
 
 
