@@ -172,20 +172,21 @@ def evaluate(a) -> None:
         for r in map(json.loads, Path(a.records).read_text().splitlines()):
             if r["q"] == a.q:
                 records[(r["image"], r["iters"])] = r
+    def measured(img, data: bytes) -> dict:  # a real file's rate, and its decoded PSNR
+        return {"bpp": 8 * len(data) / (img.shape[0] * img.shape[1]), "psnr": psnr(img, codec.decompress(data)[0])}
+
     rows = []
     for p in sorted(Path(a.crops).glob("*.png")):
         img = load_rgb(p)[0]
         t0 = time.perf_counter()
         data, _ = codec.compress(img)
         enc_s = time.perf_counter() - t0
-        rec, _ = codec.decompress(data)
-        row = {"image": p.name, "bpp": 8 * len(data) / (img.shape[0] * img.shape[1]), "psnr": psnr(img, rec), "enc_s": enc_s}
+        row = {"image": p.name, **measured(img, data), "enc_s": enc_s}
         if a.plain:  # the same crop without h: the comparison where no refine_ab records fit the model
             codec.runner.refine_fn = None
-            data0, _ = codec.compress(img)
+            plain = measured(img, codec.compress(img)[0])
             codec.runner.refine_fn = refine_fn
-            row["bpp_0"] = 8 * len(data0) / (img.shape[0] * img.shape[1])
-            row["psnr_0"] = psnr(img, codec.decompress(data0)[0])
+            row["bpp_0"], row["psnr_0"] = plain["bpp"], plain["psnr"]
         # the ceiling: PSNR of f^-1(y, 0) with y unquantised, before and after the correction
         # (crops whose sides are multiples of 64, as refine_ab's)
         with torch.no_grad():
