@@ -416,7 +416,8 @@ def train(args) -> Path:
     stop = StopFlag()
     deadline = deadline_of(args, start)
     stop_at = time.time() + args.max_minutes * 60 if args.max_minutes else None
-    tr.set_lr_window(time.time(), min(t for t in (deadline, stop_at) if t) if (deadline or stop_at) else None)
+    ends = [t for t in (deadline, stop_at) if t]
+    tr.set_lr_window(time.time(), min(ends) if ends else None)
     if args.lr_end is not None and tr.lr_window is None:
         print("--lr-end has no effect without --deadline-s / --max-minutes: the lr stays at --lr")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
