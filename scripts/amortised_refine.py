@@ -13,6 +13,10 @@ and every existing file stay as they are.
     python scripts/amortised_refine.py eval --ckpt ... --out runs/amortised/q2 --q 2 --crops runs/refine/r1/crops \
         --records runs/refine/r1/ilc.jsonl [--keep-better --tag _kb]
     python scripts/amortised_refine.py report runs/amortised/q{1,2,3}/eval_kb.json --records runs/refine/r1
+    python scripts/amortised_refine.py ship --ckpt .../ilc-q2.safetensors --out runs/amortised/q2
+
+`ship` writes h as the checkpoint's encoder add-on (``ilc-q2.encoder.safetensors`` next to it),
+which the torch backend and the ONNX export then use by default.
 
 `train` checkpoints h (h.pt) every 50 steps and resumes from it. `eval` codes the crops to real
 files through the torch backend with h as the runner's refinement (``refine_fn``), decodes them
@@ -30,27 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ilc_export.contract.files import write_atomic
 from ilc_reference.checkpoint import load_model
 from ilc_reference.config import SCALE_MAX, SCALE_MIN
+from ilc_reference.encoder_addon import LatentCorrection as Correction
+from ilc_reference.encoder_addon import save_addon
 from ilc_reference.entropy import gaussian_likelihood, ste_round
-
-
-class Correction(nn.Module):
-    """dy = h(y, z) at the latent resolution; starts at dy = 0 (the model as it is)."""
-
-    def __init__(self, y_ch: int, z_ch: int, hidden: int = 128):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(y_ch + z_ch, hidden, 3, padding=1), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(hidden, hidden, 3, padding=1), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(hidden, y_ch, 3, padding=1))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, y, z):
-        return y + self.net(torch.cat([y, z], 1))
 
 
 def objective(model, x, y_new, w_hat, valid=None, rate: str = "ste"):
@@ -261,6 +251,25 @@ def report(a) -> dict:
     return out
 
 
+def ship(a) -> None:
+    """h.pt -> the checkpoint's encoder add-on (never overwriting one unless --force)."""
+    from ilc_export.contract.encoder_addon import addon_path
+    from ilc_export.contract.model_id import model_id_of_file
+    from ilc_reference.checkpoint import read_config
+
+    ckpt = Path(a.ckpt)
+    dst = Path(a.addon) if a.addon else addon_path(ckpt)
+    if dst.exists() and not a.force:
+        raise SystemExit(f"{dst} exists; pass --force to replace it")
+    s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
+    cfg = read_config(ckpt)
+    h = Correction(cfg.latent_channels, cfg.z_channels, s["hidden"])
+    h.load_state_dict(s["h"])
+    info = {"trained": "scripts/amortised_refine.py train (every model weight frozen)", "steps": int(s["step"]),
+            **({"note": a.note} if a.note else {})}
+    print(f"wrote {save_addon(h, dst, model_id_of_file(ckpt), info)} ({s['step']} steps)")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -293,8 +302,14 @@ def main(argv=None) -> None:
     r.add_argument("evals", nargs="+", help="eval*.json of each quality")
     r.add_argument("--records", required=True, help="refine_ab run folder (ilc.jsonl, baseline.jsonl, pillow_jpeg_N.json)")
     r.add_argument("--json", default=None)
+    s = sub.add_parser("ship", help="write h.pt as the checkpoint's encoder add-on")
+    s.add_argument("--ckpt", required=True)
+    s.add_argument("--out", required=True, help="the train folder (h.pt)")
+    s.add_argument("--addon", default=None, help="where to write it (default: <ckpt stem>.encoder.safetensors)")
+    s.add_argument("--note", default="", help="a line for the add-on's info (budget, data)")
+    s.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)
-    {"train": train, "eval": evaluate, "report": report}[a.cmd](a)
+    {"train": train, "eval": evaluate, "report": report, "ship": ship}[a.cmd](a)
 
 
 if __name__ == "__main__":

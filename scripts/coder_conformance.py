@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     from ilc_export.codec.entropy import EntropyCodec, available_coders
     from ilc_export.pipeline.api import open_codec
-    from ilc_export.pipeline.models import checkpoint_dir
+    from ilc_export.pipeline.models import shipped_checkpoints
 
     coders = available_coders()
     if set(coders) != {"c", "constriction"}:
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     if args.limit:
         images = images[: args.limit]
     rows, t0 = [], time.perf_counter()
-    for ckpt in sorted(checkpoint_dir().glob("*.safetensors")):
+    for ckpt in shipped_checkpoints():
         codec = open_codec(ckpt, backend=args.backend, threads=1) if args.backend == "torch" else open_codec(ckpt, backend=args.backend)
         impl = {c: EntropyCodec(codec.tables, coder=c) for c in coders}
         for path in images:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main():
     from ilc_export.pipeline.api import expand_inputs
     from ilc_export.pipeline.image_io import IMAGE_SUFFIXES
-    from ilc_export.pipeline.models import checkpoint_dir
+    from ilc_export.pipeline.models import shipped_checkpoints
     from ilc_export.verify.reference_eval import evaluate_reference, invertibility_error
     from ilc_reference.checkpoint import load_model
 
@@ -27,7 +27,7 @@ def main():
     files = expand_inputs([args.images], IMAGE_SUFFIXES)
     out, inv, ceiling = {}, {}, {}
     for kind in ("ilc", "baseline"):
-        ckpts = sorted(checkpoint_dir().glob(f"{kind}-q*.safetensors"))
+        ckpts = [p for p in shipped_checkpoints() if p.name.startswith(f"{kind}-q")]
         rows = []
         for c in ckpts:
             model = load_model(c)

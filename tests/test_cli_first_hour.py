@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from ilc_export.cli.export_cli import app as export_app
 from ilc_export.cli.run_cli import app
 from ilc_export.codec.bitstream import unpack
-from ilc_export.pipeline.models import checkpoint_dir
+from ilc_export.pipeline.models import shipped_checkpoints
 
 from conftest import BLOCK_TORCH, ROOT, SAMPLE
 
@@ -253,7 +253,7 @@ def test_tables_keep_the_model_id_and_the_file(tiny_ckpt, tmp_path):
 
 
 def test_tables_refuse_shipped_checkpoints(tmp_path):
-    shipped = sorted(checkpoint_dir().glob("*.safetensors"))
+    shipped = shipped_checkpoints()
     if not shipped:
         pytest.skip("no shipped checkpoints")
     ck = shipped[0]

@@ -259,9 +259,9 @@ def test_entropy_codec_same_errors_on_damaged_streams():
 # --- real files: every shipped model, Kodak images ---------------------------------------------
 
 def _shipped():
-    from ilc_export.pipeline.models import checkpoint_dir
+    from ilc_export.pipeline.models import shipped_checkpoints
 
-    return sorted(checkpoint_dir().glob("*.safetensors"))
+    return shipped_checkpoints()
 
 
 def _kodak_crops():

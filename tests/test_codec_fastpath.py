@@ -30,9 +30,9 @@ pytestmark = pytest.mark.skipif(not intnet._has_c_kernels(), reason="the C exten
 
 
 def _shipped_paths():
-    from ilc_export.pipeline.models import checkpoint_dir
+    from ilc_export.pipeline.models import shipped_checkpoints
 
-    return sorted(checkpoint_dir().glob("*.safetensors"))
+    return shipped_checkpoints()
 
 
 @pytest.fixture(scope="module")

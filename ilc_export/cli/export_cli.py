@@ -29,6 +29,9 @@ def onnx_cmd(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)"),
     fp16: bool = typer.Option(False, "--fp16/--no-fp16", help="also write fp16 graphs with fp32 islands"),
     force: bool = typer.Option(False, "--force", "-f", help="replace an existing export folder"),
+    encoder_addon: bool = typer.Option(True, "--encoder-addon/--no-encoder-addon",
+                                       help="put the checkpoint's encoder add-on (<name>.encoder.safetensors next to "
+                                            "it, if any) into the forward graph"),
 ):
     """Export the forward, hyper_mean and inverse graphs of a checkpoint."""
     from ..pipeline.models import UsageError, check_checkpoint, checkpoint_name
@@ -41,11 +44,14 @@ def onnx_cmd(
     from ..export.onnx_export import export_onnx
 
     with console.status("exporting") as status:
-        folder = export_onnx(ckpt, folder, opset=opset, fp16=fp16, progress=lambda m: status.update(m))
+        folder = export_onnx(ckpt, folder, opset=opset, fp16=fp16, progress=lambda m: status.update(m),
+                             encoder_addon=encoder_addon)
     from ..contract.manifest import read_manifest
 
     man = read_manifest(folder)
     console.print(f"[green]wrote[/green] {folder}  (model {man['model_name']}, id {man['model_id']})", highlight=False)
+    if man.get("encoder_addon"):
+        console.print(f"  forward graph with encoder add-on {man['encoder_addon']['file']}", highlight=False)
     for name, f in sorted(man["files"].items()):
         console.print(f"  {name:22s} {f['bytes']:>10,d} bytes", highlight=False)
 

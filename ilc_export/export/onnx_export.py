@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from ..contract.encoder_addon import addon_path, read_addon_meta
 from ..contract.errors import IlcError
 from ..contract.files import sha256_file
 from ..contract.geometry import HYPER_DOWNSAMPLE, HYPER_STRIDE, LATENT_STRIDE, LEVELS, PAD_MULTIPLE
@@ -80,8 +81,9 @@ def graph_io(cfg) -> dict[str, dict[str, list[dict]]]:
 
 # --- torch side -----------------------------------------------------------------------------
 
-def _torch_modules(model):
-    """The three graphs as nn.Modules over a copy of `model` with baked InvConv1x1 weights."""
+def _torch_modules(model, correction=None):
+    """The three graphs as nn.Modules over a copy of `model` with baked InvConv1x1 weights;
+    `correction` (an encoder add-on) goes into the forward graph only."""
     import torch
     import torch.nn.functional as F
     from ilc_reference.invertible import InvConv1x1
@@ -113,12 +115,10 @@ def _torch_modules(model):
         def __init__(self):
             super().__init__()
             self.model = model
+            self.correction = None if correction is None else copy.deepcopy(correction).eval()
 
         def forward(self, image):
-            y, z = self.model.analysis(image)
-            if z is None:
-                z = self.model.zeros_z(y)
-            return y, z, self.model.h_a(y)
+            return self.model.forward_graph(image, self.correction)
 
     class HyperMean(nn.Module):
         def __init__(self):
@@ -273,17 +273,21 @@ def export_onnx(
     opset: int = 17,
     fp16: bool = False,
     progress: Callable[[str], None] | None = None,
+    encoder_addon: bool = True,
 ) -> Path:
     """Export a checkpoint's forward / hyper_mean / inverse graphs to `out_dir`.
 
     Writes forward.onnx, hyper_mean.onnx, inverse.onnx (+ forward.fp16.onnx and
     inverse.fp16.onnx with ``fp16=True``), tables.safetensors and manifest.json. Default
     `out_dir`: engines/<model name>/onnx. Returns the folder. `progress` is called with a
-    short message before each step.
+    short message before each step. With `encoder_addon` (the default), the checkpoint's
+    encoder add-on, where one sits next to it, goes into the forward graph; the manifest says
+    which (``encoder_addon``). The other graphs and the tables never depend on it.
     """
     import onnx
     import torch
     from ilc_reference.checkpoint import load_model
+    from ilc_reference.encoder_addon import addon_for
 
     say = progress or (lambda msg: None)
     ckpt = Path(ckpt)
@@ -298,6 +302,12 @@ def export_onnx(
     model_id = model_id_of_file(ckpt)
     if sha256_file(ckpt) != ckpt_sha:
         raise ExportError(f"{ckpt} changed while it was being exported; copy it somewhere stable first")
+    correction = addon_for(ckpt, model_id) if encoder_addon else None
+    addon_record = None
+    if correction is not None:
+        ap = addon_path(ckpt)
+        say(f"encoder add-on {ap.name}")
+        addon_record = {"file": ap.name, "sha256": sha256_file(ap), **read_addon_meta(ap, model_id)}
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg.name)
     io_specs = graph_io(cfg)
     meta = {"ilc.model_id": model_id, "ilc.model_name": cfg.name}
@@ -305,7 +315,7 @@ def export_onnx(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        modules = _torch_modules(model)
+        modules = _torch_modules(model, correction)
         fp32_models = {}
         precisions: dict[str, dict] = {"fp32": {}}
         for graph, module in modules.items():
@@ -359,6 +369,7 @@ def export_onnx(
             } if fp16 else None,
             "tables": {"file": TABLES_NAME, "keys": table_keys},
             "source": {"checkpoint": ckpt.name, "path": str(ckpt.resolve()), "sha256": ckpt_sha},
+            "encoder_addon": addon_record,  # in the forward graph only; null: y as the model's analysis gives it
             "exporter": {
                 "method": "torch.onnx.export(dynamo=False) + onnxslim",
                 "torch": torch.__version__,

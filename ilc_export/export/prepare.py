@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from ..contract.encoder_addon import addon_path
 from ..contract.manifest import read_manifest
 from ..contract.model_id import model_id_of_file
 
@@ -25,6 +26,8 @@ def prepare_models(ckpt: Path, onnx_dir: Path | None, tmp: Path, calib: Path | N
     copy = Path(tmp) / ckpt.name
     warnings: list[str] = []
     shutil.copyfile(ckpt, copy)
+    if addon_path(ckpt).is_file():  # the encoder add-on travels with its checkpoint
+        shutil.copyfile(addon_path(ckpt), addon_path(copy))
     if not stored_tables(copy):
         say(f"{ckpt.name} has no codec tables: finalizing a copy in {tmp}")
         finalize_checkpoint(copy, calib)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..backends import registry
 from ..backends.base import CHECKPOINT, ONNX_EXPORT, BackendSpec
+from ..contract.encoder_addon import is_encoder_addon
 from ..contract.errors import IlcError
 from ..contract.manifest import (ENGINE_FORMAT, MANIFEST_NAME, ONNX_FORMAT, PRECISIONS, manifest_format, peek_manifest,
                                  read_manifest)
@@ -65,17 +66,29 @@ def checkpoint_dir() -> Path:
     return Path(where[0]) / "checkpoints"
 
 
+def checkpoints_in(folder: Path, recursive: bool = False) -> list[Path]:
+    """The checkpoints in `folder`: its .safetensors files, less the encoder add-ons next to them."""
+    found = folder.rglob("*.safetensors") if recursive else folder.glob("*.safetensors")
+    return sorted(p for p in found if not is_encoder_addon(p))
+
+
+def shipped_checkpoints() -> list[Path]:
+    return checkpoints_in(checkpoint_dir())
+
+
 def shipped_checkpoint(quality: int = DEFAULT_QUALITY, kind: str = "ilc") -> Path:
     p = checkpoint_dir() / f"{kind}-q{quality}.safetensors"
     if not p.exists():
-        have = sorted(x.stem for x in checkpoint_dir().glob("*.safetensors"))
+        have = [x.stem for x in shipped_checkpoints()]
         raise ModelNotFound(f"no shipped model {p.stem!r}; shipped: {', '.join(have) or 'none'}")
     return p
 
 
 def shipped_qualities(kind: str = "ilc") -> list[int]:
     out = []
-    for p in checkpoint_dir().glob(f"{kind}-q*.safetensors"):
+    for p in shipped_checkpoints():
+        if not p.name.startswith(f"{kind}-q"):
+            continue
         try:
             out.append(int(p.stem.split("-q")[-1]))
         except ValueError:
@@ -243,17 +256,17 @@ def _manifest_precision_ok(folder: Path, kind: str, precision: str | None) -> bo
 def _candidates(kind: str, roots: list[Path], precision: str | None) -> list[Path]:
     out: list[Path] = []
     if kind == "checkpoint":
-        out += sorted(checkpoint_dir().glob("*.safetensors"))
+        out += shipped_checkpoints()
     want = ONNX_FORMAT if kind == "onnx" else ENGINE_FORMAT
     for root in roots:
         if root.is_file():
-            if kind == "checkpoint" and root.suffix == ".safetensors":
+            if kind == "checkpoint" and root.suffix == ".safetensors" and not is_encoder_addon(root):
                 out.append(root)
             elif root.name == MANIFEST_NAME and manifest_format(root.parent) == want:
                 out.append(root.parent)
             continue
         if kind == "checkpoint":
-            out += sorted(root.rglob("*.safetensors"))
+            out += checkpoints_in(root, recursive=True)
         else:
             out += [m.parent for m in sorted(root.rglob(MANIFEST_NAME))
                     if manifest_format(m.parent) == want and _manifest_precision_ok(m.parent, kind, precision)]

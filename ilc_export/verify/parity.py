@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.base import BackendError
+from ..contract.encoder_addon import addon_path
 from ..contract.files import sha256_file
 from ..contract.geometry import PAD_MULTIPLE
 from ..contract.graphs import GRAPHS
@@ -205,6 +206,19 @@ def compare_runners(reference, candidate, images, tol: dict, pad: int = PAD_MULT
             "reconstruction_pass": ok_recon, "pass": ok_graphs and ok_recon}
 
 
+def _addon_of(manifest: dict, ckpt: Path) -> bool:
+    """Whether the torch reference must use the checkpoint's encoder add-on: as the export did,
+    and the same file (VerifyError when it is missing or another one)."""
+    rec = manifest.get("encoder_addon")
+    if not rec:
+        return False
+    p = addon_path(ckpt)
+    if not p.is_file() or sha256_file(p) != rec.get("sha256"):
+        raise VerifyError(f"the export's forward graph has encoder add-on {rec.get('file')} "
+                          f"(sha256 {str(rec.get('sha256'))[:12]}…), which is not at {p}")
+    return True
+
+
 def verify_export(
     export_dir: Path,
     ckpt: Path | None = None,
@@ -240,7 +254,7 @@ def verify_export(
     pad = int(manifest.get("pad_multiple", PAD_MULTIPLE))
     say(f"loading {ckpt.name}")
     try:
-        reference = load_torch(ckpt, device=device, threads=threads)
+        reference = load_torch(ckpt, device=device, threads=threads, encoder_addon=_addon_of(manifest, ckpt))
     except BackendError as e:
         raise VerifyError(str(e)) from e
     imgs = _load_images(images)

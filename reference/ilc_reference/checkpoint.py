@@ -10,6 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save
 
+from ilc_export.contract.encoder_addon import is_encoder_addon
 from ilc_export.contract.files import write_atomic
 from ilc_export.contract.model_id import TABLE_PREFIX
 
@@ -62,4 +63,5 @@ def checkpoint_dir() -> Path:
 
 
 def shipped_checkpoints() -> list[Path]:
-    return sorted(checkpoint_dir().glob("*.safetensors"))
+    """The shipped checkpoints (their encoder add-ons are not checkpoints)."""
+    return sorted(p for p in checkpoint_dir().glob("*.safetensors") if not is_encoder_addon(p))

@@ -106,6 +106,17 @@ class _Codec(nn.Module):
         b, _, h, w = y.shape
         return y.new_zeros(b, self.cfg.z_channels, h, w)
 
+    def forward_graph(self, x, correction=None):
+        """The forward graph: (y, z, w) of an image. The hyperprior w always sees y itself; with
+        an encoder add-on (``correction``, see ``encoder_addon``) the y sent is correction(y, z)."""
+        y, z = self.analysis(x)
+        if z is None:  # the baseline has no z
+            z = self.zeros_z(y)
+        w = self.h_a(y)
+        if correction is not None:
+            y = correction(y, z)
+        return y, z, w
+
     # training ---------------------------------------------------------------
     def forward(self, x, quant: str = "noise"):
         """Training/eval pass: returns x_hat, likelihoods, z and the rate in bits."""

@@ -41,9 +41,12 @@ def resolve_device(device: str | None):
 
 
 def load(source: Path, device: str | None = "cpu", threads: int | None = None, precision: str | None = None,
-         providers=None, refine: int = 0, refine_lr: float | None = None, **_) -> TorchRunner:
+         providers=None, refine: int = 0, refine_lr: float | None = None, encoder_addon: bool = True,
+         **_) -> TorchRunner:
     """Load checkpoint `source` (.safetensors) on `device` (cpu, cuda, cuda:N). refine: gradient
-    steps of encoder-side latent refinement per tile (0: none; see ilc_reference.refine)."""
+    steps of encoder-side latent refinement per tile (0: none; see ilc_reference.refine).
+    encoder_addon: use the checkpoint's encoder add-on (``<stem>.encoder.safetensors`` next to
+    it, as the ONNX export does), where there is one."""
     source = Path(source)
     if refine is None or int(refine) != refine or refine < 0:
         raise BackendError(f"--refine takes a number of steps >= 0, got {refine!r}")
@@ -68,7 +71,12 @@ def load(source: Path, device: str | None = "cpu", threads: int | None = None, p
         model = load_model(source).to(dev)
     except FileNotFoundError as e:
         raise BackendError(str(e)) from e
-    runner = TorchRunner(source, model_id_of_file(source), model, dev, precision)
+    model_id = model_id_of_file(source)
+    runner = TorchRunner(source, model_id, model, dev, precision)
+    if encoder_addon:
+        from ilc_reference.encoder_addon import addon_for
+
+        runner.correction = addon_for(source, model_id, dev)
     if refine:
         from functools import partial
 

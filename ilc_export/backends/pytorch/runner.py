@@ -52,6 +52,9 @@ class TorchRunner(Runner):
         #: REFINE: f(model, x, y, w_hat, valid=(rows, cols)) -> refined y, set by the loader
         #: (None: encode y as it is)
         self.refine_fn = None
+        #: the encoder add-on (``ilc_reference.encoder_addon``) the forward graph applies to the
+        #: y it sends, or None; set by the loader
+        self.correction = None
         self._fns = {
             "forward": self._forward,
             "hyper_mean": lambda w_hat: {"mu": model.hyper_mean(w_hat)},
@@ -66,10 +69,7 @@ class TorchRunner(Runner):
 
     def _forward(self, image):
         with self._autocast():
-            y, z = self.model.analysis(image)
-            if z is None:  # the baseline has no z
-                z = self.model.zeros_z(y)
-            w = self.model.h_a(y)
+            y, z, w = self.model.forward_graph(image, self.correction)
         return {"y": y.float(), "z": z.float(), "w": w.float()}
 
     def _inverse(self, y_hat, z):
