@@ -14,7 +14,7 @@ from ilc_export.cli.run_cli import app
 from ilc_export.contract.encoder_addon import AddonError, addon_path, is_encoder_addon, read_addon_meta
 from ilc_export.contract.model_id import model_id_of_file
 from ilc_export.pipeline.api import open_codec
-from ilc_export.pipeline.models import checkpoints_in, find_model
+from ilc_export.pipeline.models import checkpoints_in, encoder_addon_of, find_model
 from ilc_reference.checkpoint import read_config
 from ilc_reference.encoder_addon import LatentCorrection, load_addon, save_addon
 
@@ -83,6 +83,7 @@ def test_an_addon_of_another_model_is_refused_in_one_line(ckpt, tmp_path):
 
 
 def test_the_encoder_sends_other_latents_and_any_decoder_reads_them(ckpt, sample_image):
+    assert encoder_addon_of(ckpt) is None
     plain = open_codec(ckpt, backend="torch", threads=1)
     assert plain.runner.correction is None
     data0, _ = plain.compress(sample_image)
@@ -112,6 +113,9 @@ def test_onnx_export_bakes_the_addon_into_the_forward_graph(ckpt, tmp_path, samp
     m_on, m_off = (json.loads((d / "manifest.json").read_text()) for d in (on, off))
     assert m_on["encoder_addon"]["serves"] == m_on["model_id"] == m_off["model_id"]
     assert m_off["encoder_addon"] is None
+    # what keys cached results: the same model id, other files
+    assert encoder_addon_of(on) == encoder_addon_of(ckpt) == m_on["encoder_addon"]["sha256"]
+    assert encoder_addon_of(off) is None
     for g in ("hyper_mean", "inverse"):  # the decoder's graphs do not depend on it
         assert m_on["files"][f"{g}.onnx"]["sha256"] == m_off["files"][f"{g}.onnx"]["sha256"]
     assert m_on["files"]["forward.onnx"]["sha256"] != m_off["files"]["forward.onnx"]["sha256"]
@@ -127,3 +131,20 @@ def test_onnx_export_bakes_the_addon_into_the_forward_graph(ckpt, tmp_path, samp
     addon_path(ckpt).unlink()
     with pytest.raises(VerifyError, match="encoder add-on"):
         verify_export(on, images=[sample_image[:64, :96]], precisions=["fp32"])
+
+
+def test_cached_results_are_not_reused_once_an_addon_is_added(ckpt, tmp_path):
+    from PIL import Image
+
+    from ilc_export.verify.rd import ResultCache, evaluate_codec
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(imgs / "a.png")
+    cache = ResultCache(tmp_path / "cache.jsonl")
+    before = evaluate_codec(imgs, models=[ckpt], cache=cache, threads=1)["per_image"][0][0]
+    _addon(ckpt)
+    after = evaluate_codec(imgs, models=[ckpt], cache=ResultCache(tmp_path / "cache.jsonl"), threads=1)["per_image"][0][0]
+    assert len(ResultCache(tmp_path / "cache.jsonl").rows) == 2
+    assert before["bpp"] != after["bpp"]

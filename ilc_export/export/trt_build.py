@@ -689,6 +689,7 @@ def _build_engines(
         "format_version": FORMAT_VERSION,
         "model_id": onnx_manifest.get("model_id"),
         "config": onnx_manifest.get("config"),
+        "encoder_addon": onnx_manifest.get("encoder_addon"),  # baked into the forward engine with its graph
         "flavour": fl.name,
         "trt_version": fl.version,
         "typing": fl.typing,

@@ -28,8 +28,9 @@ from pathlib import Path
 
 from ..backends import registry
 from ..backends.base import CHECKPOINT, ONNX_EXPORT, BackendSpec
-from ..contract.encoder_addon import is_encoder_addon
+from ..contract.encoder_addon import addon_path, is_encoder_addon
 from ..contract.errors import IlcError
+from ..contract.files import sha256_file
 from ..contract.manifest import (ENGINE_FORMAT, MANIFEST_NAME, ONNX_FORMAT, PRECISIONS, manifest_format, peek_manifest,
                                  read_manifest)
 from ..contract.model_id import TABLE_PREFIX, model_id_of_file
@@ -118,6 +119,18 @@ def model_id(path: Path) -> str:
         return read_manifest(path, None)["model_id"]
     st = path.stat()
     return _id_of(str(path), st.st_mtime, st.st_size)
+
+
+def encoder_addon_of(path: Path) -> str | None:
+    """sha256 of the encoder add-on a checkpoint (next to it) or an export/engine folder (its
+    manifest) encodes with, or None. Not part of the model id: what it changes is the files
+    an encoder writes, never how they decode."""
+    path = Path(path)
+    if path.is_dir():
+        rec = (peek_manifest(path) or {}).get("encoder_addon")
+        return rec.get("sha256") if isinstance(rec, dict) else None
+    p = addon_path(path)
+    return sha256_file(p) if p.is_file() else None
 
 
 def default_engine_root() -> Path:

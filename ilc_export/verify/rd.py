@@ -18,7 +18,7 @@ from ..contract.files import write_atomic
 from ..pipeline.api import expand_inputs
 from ..pipeline.image_io import IMAGE_SUFFIXES, load_rgb
 from ..pipeline.metrics import ms_ssim, psnr
-from ..pipeline.models import model_id, shipped_checkpoint, shipped_qualities
+from ..pipeline.models import encoder_addon_of, model_id, shipped_checkpoint, shipped_qualities
 
 
 def _images(directory: Path, limit: int | None) -> list[Path]:
@@ -102,6 +102,9 @@ def evaluate_codec(directory: Path, qualities: list[int] | None = None, models: 
     task = progress.add_task(f"{name} ({backend})", total=len(files) * len(sources), info="") if progress else None
     for si, src in enumerate(sources):
         mid = model_id(src)
+        enc = encoder_addon_of(src) if opts.get("encoder_addon", True) else None
+        if enc is not None:  # the same model encoding with an add-on writes other files
+            mid = f"{mid}+encoder:{enc[:16]}"
         for fi, f in enumerate(files):
             key = cache.key(name, backend, mid, _image_key(f))
             row = cache.get(key)

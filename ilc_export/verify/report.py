@@ -176,7 +176,7 @@ def build_report(images: Path, out: Path, backends: list[str], qualities: list[i
     summary = {"images": str(images), "n_images": len(next(iter(curves.values()))["per_image"][0]),
                "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, "
                           f"{__import__('os').cpu_count()} cores",
-               "bd_rate": rows, "anchors": anchor_rows, "paper_claim": claim, "speed": speed, "parity": [r for rows_ in parity for r in rows_],
+               "bd_rate": rows, "anchors": anchor_rows, "paper_claim": claim, "encoder_addons": encoder_addons(), "speed": speed, "parity": [r for rows_ in parity for r in rows_],
                "curves": {k: v["results"] for k, v in curves.items()}}
     write_atomic(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
     md = render_markdown(summary)
@@ -195,6 +195,16 @@ def training_budget() -> dict:
         info = json.loads(card.read_text()).get("info", {})
         out[card.stem] = {k: info[k] for k in ("steps", "wall_s", "device", "pixels", "init") if k in info}
     return out
+
+
+def encoder_addons() -> dict:
+    """The shipped checkpoints' encoder add-ons (name -> kind and info): they move the ILC's
+    curve without changing its model id, so the report names them."""
+    from ..contract.encoder_addon import addon_path, read_addon_meta
+    from ..pipeline.models import shipped_checkpoints
+
+    return {c.stem: {k: m[k] for k in ("kind", "info")} for c in shipped_checkpoints()
+            if addon_path(c).is_file() for m in [read_addon_meta(addon_path(c))]}
 
 
 def _budget_line(budget: dict) -> str:
@@ -227,6 +237,10 @@ def render_markdown(s: dict) -> str:
     for name, r in s["curves"].items():
         pts = ", ".join(f"{b:.3f} bpp / {p:.2f} dB" for b, p in zip(r["bpp"], r["psnr-rgb"]))
         L.append(f"- **{name}**: {pts}")
+    if s.get("encoder_addons"):
+        L.append("\nEncoder add-ons used by the shipped models (encoder side only; the model ids, decoders and bitstream "
+                 "are those of the models alone): " + "; ".join(
+                     f"{n}: {a['kind']}, {a['info'].get('steps', '?')} steps" for n, a in s["encoder_addons"].items()) + ".")
     L += ["\n## BD-rate (negative = fewer bits for the same quality)\n",
           "| codec | vs JPEG (PSNR) | check (bjontegaard pchip) | vs JPEG (MS-SSIM) | vs ILC torch (PSNR) | BD-PSNR vs JPEG | BD-PSNR vs ILC torch |",
           "|---|---|---|---|---|---|---|"]
