@@ -136,7 +136,7 @@ def evaluate(a) -> None:
 
     torch.set_num_threads(a.threads)
     s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
-    codec = open_codec(a.ckpt, backend="torch")
+    codec = open_codec(a.ckpt, backend="torch", encoder_addon=False)  # h comes in through refine_fn only
     model = codec.runner.model
     h = Correction(model.cfg.latent_channels, model.cfg.z_channels, s["hidden"])
     h.load_state_dict(s["h"])

@@ -56,6 +56,20 @@ def main():
             card["model_id"] = mid
             dst.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
             print(f"{dst.name}: model id {mid}, steps {info.get('steps')}, lambda {model.cfg.lmbda}")
+            retire_addon(dst, mid, run)
+
+
+def retire_addon(ckpt: Path, model_id: str, run: Path) -> None:
+    """An encoder add-on learnt for the model this checkpoint replaces would be refused by every
+    encoder: move it out of the checkpoints folder, into the run folder, and say so."""
+    from ilc_export.contract.encoder_addon import addon_path, read_addon_meta
+
+    p = addon_path(ckpt)
+    if p.is_file() and read_addon_meta(p)["serves"] != model_id:
+        dst = run / f"retired-{p.name}"
+        shutil.move(p, dst)
+        print(f"  {p.name} served the previous model: moved to {dst}; train a new one "
+              "(scripts/amortised_refine.py train, then ship)")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_train_then_eval_through_real_files(tmp_path):
                            "--tag", "_plain"])
     pl = json.loads((out / "eval_plain.json").read_text())
     img = load_rgb(crops / "c.png")[0]
-    plain_codec = open_codec(CKPT, backend="torch")
+    plain_codec = open_codec(CKPT, backend="torch", encoder_addon=False)
     data0, _ = plain_codec.compress(img)
     assert pl["rows"][0]["bpp_0"] == 8 * len(data0) / img[..., 0].size
     assert pl["rows"][0]["psnr_0"] == pytest.approx(psnr(img, plain_codec.decompress(data0)[0]))
@@ -77,3 +77,34 @@ def test_train_then_eval_through_real_files(tmp_path):
     assert rep["table"]["ILC amortised"]["curve"]["bpp"] == [pytest.approx(res["rows"][0]["bpp"])]
     assert rep["table"]["ILC refine 60"]["curve"]["psnr-rgb"] == [pytest.approx(25.6)]
     assert rep["images"] == ["c.png"]
+
+    # ship: h as an encoder add-on the torch backend then uses (written elsewhere than next to
+    # the shipped checkpoint, whose own add-on stays as it is)
+    from ilc_export.contract.model_id import model_id_of_file
+    from ilc_reference.encoder_addon import load_addon
+
+    dst = tmp_path / "h.encoder.safetensors"
+    amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--addon", str(dst), "--note", "t"])
+    h = load_addon(dst, model_id_of_file(CKPT))
+    assert torch.allclose(h.state_dict()["net.4.weight"], state["h"]["net.4.weight"], atol=1e-3)
+    with pytest.raises(SystemExit, match="exists"):
+        amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--addon", str(dst)])
+
+
+def test_shipping_a_new_model_retires_the_addon_of_the_old_one(tmp_path):
+    import shutil
+
+    import ship_models
+    from ilc_export.contract.encoder_addon import addon_path
+    from ilc_export.contract.model_id import model_id_of_file
+    from ilc_reference.encoder_addon import LatentCorrection, save_addon
+
+    ckpt = tmp_path / "ilc-q2.safetensors"
+    shutil.copyfile(CKPT, ckpt)
+    save_addon(LatentCorrection(96, 672, hidden=4), addon_path(ckpt), model_id_of_file(ckpt))
+    run = tmp_path / "run"
+    run.mkdir()
+    ship_models.retire_addon(ckpt, model_id_of_file(ckpt), run)  # serves this model: stays
+    assert addon_path(ckpt).is_file()
+    ship_models.retire_addon(ckpt, "f" * 32, run)  # the checkpoint now holds another model
+    assert not addon_path(ckpt).exists() and (run / "retired-ilc-q2.encoder.safetensors").is_file()
