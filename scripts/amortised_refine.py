@@ -92,6 +92,12 @@ def train(a) -> None:
         opt.load_state_dict(s["opt"])
         step = s["step"]
         print(f"resuming at step {step}", flush=True)
+    elif a.init_addon:  # warm start from an add-on of this or an earlier version of the model
+        from ilc_export.contract.encoder_addon import read_addon_meta
+        from ilc_reference.encoder_addon import load_addon
+
+        h.load_state_dict(load_addon(a.init_addon, read_addon_meta(a.init_addon)["serves"], dev).state_dict())
+        print(f"starting from {a.init_addon}", flush=True)
     imgs = _images(Path(a.data), a.crop)
     def save(at: int) -> None:  # resumable: h, Adam's moments and the step, written atomically
         buf = io.BytesIO()
@@ -287,6 +293,8 @@ def main(argv=None) -> None:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
     t.add_argument("--rate", default="ste", choices=["ste", "noise"], help="rate term's quantisation proxy (objective)")
+    t.add_argument("--init-addon", default=None, help="start h from this encoder add-on (when --out has no h.pt; "
+                   "same --hidden)")
     e = sub.add_parser("eval")
     e.add_argument("--ckpt", required=True)
     e.add_argument("--out", required=True)

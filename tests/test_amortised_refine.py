@@ -89,6 +89,11 @@ def test_train_then_eval_through_real_files(tmp_path):
     assert torch.allclose(h.state_dict()["net.4.weight"], state["h"]["net.4.weight"], atol=1e-3)
     with pytest.raises(SystemExit, match="exists"):
         amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--addon", str(dst)])
+    # --init-addon: a new run starts from the shipped h (lr 0: it stays there)
+    warm = tmp_path / "warm"
+    amortised_refine.main(["train", "--ckpt", str(CKPT), "--data", str(data), "--out", str(warm), "--steps", "1",
+                           "--batch", "1", "--crop", "64", "--hidden", "8", "--lr", "0", "--init-addon", str(dst)])
+    assert torch.equal(torch.load(warm / "h.pt")["h"]["net.4.weight"], h.state_dict()["net.4.weight"])
 
 
 def test_shipping_a_new_model_retires_the_addon_of_the_old_one(tmp_path):
