@@ -35,7 +35,9 @@ def main():
     files = expand_inputs([args.images], IMAGE_SUFFIXES)[: args.limit]
     report = {}
     for q in shipped_qualities():
-        codec = open_codec(shipped_checkpoint(q), backend="torch")
+        # the runtime against the float model it was derived from: without the encoder add-on,
+        # which the float model's own estimate below does not know
+        codec = open_codec(shipped_checkpoint(q), backend="torch", encoder_addon=False)
         model = codec.runner.model
         rows = []
         for f in track(files, description=f"q{q}"):

@@ -31,7 +31,7 @@ def db(v):
 
 
 def models_table(s, est) -> str:
-    rows = ["| model | real bpp (file size) | PSNR dB | MS-SSIM | estimated bpp (float model) |", "|---|---|---|---|---|"]
+    rows = ["| model | real bpp (file size) | PSNR dB | MS-SSIM | estimated bpp (float model alone) |", "|---|---|---|---|---|"]
     for curve, kind in (("ILC (torch)", "ilc"), ("Baseline conv (torch)", "baseline")):
         c = s["curves"].get(curve)
         if not c:
