@@ -131,5 +131,14 @@ def test_reference_eval_helpers(tmp_path):
     # above the quantised reconstruction of the same image
     assert r["psnr"] - 1.0 < r["z_zero_ceiling_psnr"] < 100
     assert evaluate_reference(build_model(tiny_config(kind="baseline")).eval(), [f])["z_zero_ceiling_psnr"] is None
+    # with an encoder add-on: a zero correction leaves the ceiling where it is, a random one moves it
+    from ilc_reference.encoder_addon import LatentCorrection
+
+    cfg = ilc.cfg
+    assert r["addon_ceiling_psnr"] is None
+    zero = LatentCorrection(cfg.latent_channels, cfg.z_channels, hidden=8).eval()
+    assert evaluate_reference(ilc, [f], correction=zero)["addon_ceiling_psnr"] == pytest.approx(r["z_zero_ceiling_psnr"])
+    moved = randomize(LatentCorrection(cfg.latent_channels, cfg.z_channels, hidden=8), 0.1).eval()
+    assert evaluate_reference(ilc, [f], correction=moved)["addon_ceiling_psnr"] != pytest.approx(r["z_zero_ceiling_psnr"])
     with pytest.raises(ValueError, match="not invertible"):
         invertibility_error(build_model(tiny_config(kind="baseline")).eval(), f)

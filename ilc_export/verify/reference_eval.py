@@ -13,12 +13,13 @@ from ..pipeline.image_io import from_nchw, load_rgb, model_input
 from ..pipeline.metrics import ms_ssim, psnr
 
 
-def evaluate_reference(model, images: list[Path], progress=None) -> dict:
+def evaluate_reference(model, images: list[Path], progress=None, correction=None) -> dict:
     """Mean estimated bpp (likelihoods of the rounded latents), PSNR and MS-SSIM.
 
     For an ILC also ``z_zero_ceiling_psnr``: the PSNR of f^-1(y, 0) with y unquantised, the
     best any rate can reach with z = 0 at decode (how much the invertible transform has
-    learnt to push into y); None for the baseline.
+    learnt to push into y); None for the baseline. With an encoder add-on (`correction`),
+    ``addon_ceiling_psnr``: the same decode of the corrected, still unquantised latent.
     """
     import torch
 
@@ -28,12 +29,16 @@ def evaluate_reference(model, images: list[Path], progress=None) -> dict:
         h, w = img.shape[:2]
         with torch.inference_mode():
             out = model(torch.from_numpy(model_input(img)), quant="round")
-            ceiling = None
+            ceiling = addon_ceiling = None
             if out["z"] is not None:
-                ceiling = psnr(img, from_nchw(model.synthesis(out["y"], torch.zeros_like(out["z"])).numpy(), h, w))
+                zero = torch.zeros_like(out["z"])
+                ceiling = psnr(img, from_nchw(model.synthesis(out["y"], zero).numpy(), h, w))
+                if correction is not None:
+                    y1 = correction(out["y"], out["z"])
+                    addon_ceiling = psnr(img, from_nchw(model.synthesis(y1, zero).numpy(), h, w))
         rec = from_nchw(out["x_hat"].numpy(), h, w)
         rows.append({"image": f.name, "bpp": out["bits"].item() / (h * w), "psnr": psnr(img, rec), "ms_ssim": ms_ssim(img, rec),
-                     "z_zero_ceiling_psnr": ceiling})
+                     "z_zero_ceiling_psnr": ceiling, "addon_ceiling_psnr": addon_ceiling})
         if progress:
             progress()
     ceilings = [r["z_zero_ceiling_psnr"] for r in rows if r["z_zero_ceiling_psnr"] is not None]
@@ -43,6 +48,7 @@ def evaluate_reference(model, images: list[Path], progress=None) -> dict:
         "psnr": float(np.mean([r["psnr"] for r in rows])),
         "ms_ssim": float(np.mean([r["ms_ssim"] for r in rows])),
         "z_zero_ceiling_psnr": float(np.mean(ceilings)) if ceilings else None,
+        "addon_ceiling_psnr": float(np.mean([r["addon_ceiling_psnr"] for r in rows])) if correction is not None and ceilings else None,
         "per_image": rows,
     }
 
