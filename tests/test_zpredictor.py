@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ilc_reference.checkpoint import load_model, save_checkpoint, shipped_checkpoints
+from ilc_export.pipeline.models import shipped_checkpoints
+from ilc_reference.checkpoint import load_model, save_checkpoint
 from ilc_reference.config import OPTIONAL_DEFAULTS, ModelConfig, tiny_config
 from ilc_reference.model import build_model
 

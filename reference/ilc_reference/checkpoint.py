@@ -10,14 +10,13 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save
 
-from ilc_export.contract.encoder_addon import is_encoder_addon
 from ilc_export.contract.files import write_atomic
 from ilc_export.contract.model_id import TABLE_PREFIX
 
 from .config import ModelConfig
 from .model import build_model
 
-__all__ = ["TABLE_PREFIX", "checkpoint_dir", "load_model", "read_config", "save_checkpoint", "shipped_checkpoints"]
+__all__ = ["TABLE_PREFIX", "checkpoint_dir", "load_model", "read_config", "save_checkpoint"]
 
 
 def save_checkpoint(model, path: str | Path, extra_tensors: dict | None = None, info: dict | None = None) -> Path:
@@ -61,7 +60,3 @@ def checkpoint_dir() -> Path:
     """Where the shipped checkpoints live (package data)."""
     return Path(__file__).parent / "checkpoints"
 
-
-def shipped_checkpoints() -> list[Path]:
-    """The shipped checkpoints (their encoder add-ons are not checkpoints)."""
-    return sorted(p for p in checkpoint_dir().glob("*.safetensors") if not is_encoder_addon(p))
