@@ -93,10 +93,9 @@ def train(a) -> None:
         step = s["step"]
         print(f"resuming at step {step}", flush=True)
     elif a.init_addon:  # warm start from an add-on of this or an earlier version of the model
-        from ilc_export.contract.encoder_addon import read_addon_meta
         from ilc_reference.encoder_addon import load_addon
 
-        h.load_state_dict(load_addon(a.init_addon, read_addon_meta(a.init_addon)["serves"], dev).state_dict())
+        h.load_state_dict(load_addon(a.init_addon, None, dev).state_dict())
         print(f"starting from {a.init_addon}", flush=True)
     imgs = _images(Path(a.data), a.crop)
     def save(at: int) -> None:  # resumable: h, Adam's moments and the step, written atomically

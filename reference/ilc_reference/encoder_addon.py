@@ -74,8 +74,9 @@ def save_addon(h: LatentCorrection, path: str | Path, model_id: str, info: dict 
     return write_atomic(Path(path), save(_pack(h.state_dict()), metadata=meta))
 
 
-def load_addon(path: str | Path, model_id: str, map_location="cpu") -> LatentCorrection:
-    """The add-on at `path`, checked to serve `model_id` (AddonError otherwise)."""
+def load_addon(path: str | Path, model_id: str | None, map_location="cpu") -> LatentCorrection:
+    """The add-on at `path`, checked to serve `model_id` (AddonError otherwise; None: any model,
+    e.g. to start training h for a new version of the model from it)."""
     from safetensors.torch import load_file
 
     meta = read_addon_meta(path, model_id)
