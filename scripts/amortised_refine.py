@@ -257,22 +257,31 @@ def report(a) -> dict:
 
 
 def ship(a) -> None:
-    """h.pt -> the checkpoint's encoder add-on (never overwriting one unless --force)."""
-    from ilc_export.contract.encoder_addon import addon_path
+    """h.pt (or an add-on trained for the same weights before their codec tables were built)
+    -> the checkpoint's encoder add-on (never overwriting one unless --force)."""
+    from ilc_export.contract.encoder_addon import addon_path, read_addon_meta
     from ilc_export.contract.model_id import model_id_of_file
     from ilc_reference.checkpoint import read_config
+    from ilc_reference.encoder_addon import load_addon
 
     ckpt = Path(a.ckpt)
     dst = Path(a.addon) if a.addon else addon_path(ckpt)
     if dst.exists() and not a.force:
         raise SystemExit(f"{dst} exists; pass --force to replace it")
-    s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
-    cfg = read_config(ckpt)
-    h = Correction(cfg.latent_channels, cfg.z_channels, s["hidden"])
-    h.load_state_dict(s["h"])
-    info = {"trained": "scripts/amortised_refine.py train (every model weight frozen)", "steps": int(s["step"]),
-            **({"note": a.note} if a.note else {})}
-    print(f"wrote {save_addon(h, dst, model_id_of_file(ckpt), info)} ({s['step']} steps)")
+    if (a.out is None) == (a.from_addon is None):
+        raise SystemExit("ship takes one of --out (a train folder) and --from-addon")
+    if a.from_addon:
+        meta = read_addon_meta(a.from_addon)
+        h, info = load_addon(a.from_addon, None), {**meta["info"], "relabelled_from": meta["serves"]}
+    else:
+        s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
+        cfg = read_config(ckpt)
+        h = Correction(cfg.latent_channels, cfg.z_channels, s["hidden"])
+        h.load_state_dict(s["h"])
+        info = {"trained": "scripts/amortised_refine.py train (every model weight frozen)", "steps": int(s["step"])}
+    if a.note:
+        info["note"] = a.note
+    print(f"wrote {save_addon(h, dst, model_id_of_file(ckpt), info)} ({info.get('steps')} steps)")
 
 
 def main(argv=None) -> None:
@@ -311,7 +320,9 @@ def main(argv=None) -> None:
     r.add_argument("--json", default=None)
     s = sub.add_parser("ship", help="write h.pt as the checkpoint's encoder add-on")
     s.add_argument("--ckpt", required=True)
-    s.add_argument("--out", required=True, help="the train folder (h.pt)")
+    s.add_argument("--out", default=None, help="the train folder (h.pt)")
+    s.add_argument("--from-addon", default=None, help="an add-on made for the same weights before their tables "
+                   "were built (gpu_post_amortised.sh), instead of --out")
     s.add_argument("--addon", default=None, help="where to write it (default: <ckpt stem>.encoder.safetensors)")
     s.add_argument("--note", default="", help="a line for the add-on's info (budget, data)")
     s.add_argument("--force", action="store_true")

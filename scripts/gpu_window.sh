@@ -16,7 +16,11 @@
 #      SIDE_CMD (if set: a command run beside the training, with SIDE (a folder to write its
 #      results to), DATA (the bundle's images) and DEADLINE_AT (epoch s by which it must have
 #      saved) exported; it must stop by itself by then. SIDE goes back as side.tar, and the
-#      training results get what the transfer limits leave).
+#      training results get what the transfer limits leave),
+#      POST_CMD (if set: the training stops POST_S seconds early (default 120), then this command
+#      runs until DEADLINE_AT with SIDE, DATA, DEADLINE_AT and RUNS (the run folders, each with
+#      its final model.safetensors) exported, e.g. to fit something to the finished weights;
+#      its log and SIDE go back in side.tar).
 set -uo pipefail
 T0=$(date +%s)
 BUNDLE=${1:-gpu_window/bundle}
@@ -41,20 +45,31 @@ if [ -n "${BENCH_S:-}" ]; then
       --json "$WORK/runs/bench.jsonl" ${BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
 fi
 DEADLINE_AT=$(( T0 + SECONDS_BUDGET - RESERVE ))
+TRAIN_DEADLINE=$DEADLINE_AT
+[ -n "${POST_CMD:-}" ] && TRAIN_DEADLINE=$(( DEADLINE_AT - ${POST_S:-120} ))
 SIDE_PID=
-if [ -n "${SIDE_CMD:-}" ]; then
+if [ -n "${SIDE_CMD:-}${POST_CMD:-}" ]; then
   export SIDE="$WORK/side" DATA="$(cd "$BUNDLE" && pwd)/data" DEADLINE_AT
   mkdir -p "$SIDE"
+fi
+if [ -n "${SIDE_CMD:-}" ]; then
   ( bash -c "$SIDE_CMD" ) >"$WORK/runs/side.log" 2>&1 &
   SIDE_PID=$!
 fi
 $PY -m ilc_reference.multitrain --plan "$WORK/plan.json" --out-root "$WORK/runs" \
-    --deadline-at "$DEADLINE_AT" "$@" 2>&1 | tee -a "$LOG"
+    --deadline-at "$TRAIN_DEADLINE" "$@" 2>&1 | tee -a "$LOG"
 TRAIN_RC=${PIPESTATUS[0]}
 echo "training exit $TRAIN_RC after $(( $(date +%s) - T0 ))s" | tee -a "$LOG"
+if [ -n "${POST_CMD:-}" ]; then
+  export RUNS="$WORK/runs"
+  ( bash -c "$POST_CMD" ) >"$SIDE/post.log" 2>&1
+  echo "post command exit $? after $(( $(date +%s) - T0 ))s" | tee -a "$LOG"
+fi
 PACK_ARGS=()
 if [ -n "$SIDE_PID" ]; then
   wait "$SIDE_PID"; echo "side command exit $? after $(( $(date +%s) - T0 ))s" | tee -a "$LOG"
+fi
+if [ -n "${SIDE_CMD:-}${POST_CMD:-}" ]; then
   tar -C "$WORK" -cf "$OUTDIR/side.tar" side
   SIDE_MIB=$(( ($(stat -c %s "$OUTDIR/side.tar") >> 20) + 1 ))
   PACK_ARGS=(--max-files 7 --total-mib $(( 64 - SIDE_MIB )))

@@ -89,6 +89,12 @@ def test_train_then_eval_through_real_files(tmp_path):
     assert torch.allclose(h.state_dict()["net.4.weight"], state["h"]["net.4.weight"], atol=1e-3)
     with pytest.raises(SystemExit, match="exists"):
         amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--addon", str(dst)])
+    # --from-addon: an add-on relabelled for a checkpoint (here the same weights), weights kept
+    re = tmp_path / "re.encoder.safetensors"
+    amortised_refine.main(["ship", "--ckpt", str(CKPT), "--from-addon", str(dst), "--addon", str(re)])
+    assert torch.equal(load_addon(re, model_id_of_file(CKPT)).state_dict()["net.4.weight"], h.state_dict()["net.4.weight"])
+    with pytest.raises(SystemExit, match="one of"):
+        amortised_refine.main(["ship", "--ckpt", str(CKPT), "--addon", str(tmp_path / "x.encoder.safetensors")])
     # --init-addon: a new run starts from the shipped h (lr 0: it stays there)
     warm = tmp_path / "warm"
     amortised_refine.main(["train", "--ckpt", str(CKPT), "--data", str(data), "--out", str(warm), "--steps", "1",

@@ -454,7 +454,10 @@ def test_gpu_window_script_runs_a_side_job_and_sends_its_folder_back(tmp_path, m
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, "OUT": str(out), "WORK": str(work), "PYTHON": sys.executable, "RESERVE_S": "10",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "reference"), str(ROOT)]),
-           "SIDE_CMD": 'find "$DATA" -type f > "$SIDE/data.txt"; echo "$DEADLINE_AT" > "$SIDE/deadline.txt"'}
+           "SIDE_CMD": 'find "$DATA" -type f > "$SIDE/data.txt"; echo "$DEADLINE_AT" > "$SIDE/deadline.txt"',
+           # after the training: every run's final weights are there, and the post phase has its time
+           "POST_CMD": 'ls "$RUNS"/*/model.safetensors > "$SIDE/post.txt"; echo $(( DEADLINE_AT - $(date +%s) )) >> "$SIDE/post.txt"',
+           "POST_S": "30"}
     r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_window.sh"), str(b), "120", "--threads", "1"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -464,5 +467,9 @@ def test_gpu_window_script_runs_a_side_job_and_sends_its_folder_back(tmp_path, m
         side = {m.name: t.extractfile(m).read().decode() for m in t.getmembers() if m.isfile()}
     assert len(side["side/data.txt"].split()) == 3  # the bundle's images
     assert int(side["side/deadline.txt"]) > time.time() - 300
+    post = side["side/post.txt"].split()
+    assert sorted(Path(p).parent.name for p in post[:-1]) == ["base_b", "ilc_a"]
+    assert int(post[-1]) >= 15  # the post phase starts with (about) POST_S or more left before the deadline
+    assert "side/post.log" in side
     index = json.loads((out / "results-index.json").read_text())
     assert set(index["runs"]) == {"ilc_a", "base_b"} and len(index["parts"]) <= 7
