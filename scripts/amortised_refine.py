@@ -80,7 +80,7 @@ def train(a) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     y_ch, z_ch = model.cfg.latent_channels, model.cfg.z_channels
-    h = Correction(y_ch, z_ch, a.hidden).to(dev)
+    h = Correction(y_ch, z_ch, a.hidden, a.k_in).to(dev)
     opt = torch.optim.Adam(h.parameters(), lr=a.lr)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def train(a) -> None:
     imgs = _images(Path(a.data), a.crop)
     def save(at: int) -> None:  # resumable: h, Adam's moments and the step, written atomically
         buf = io.BytesIO()
-        torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": at, "hidden": a.hidden}, buf)
+        torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": at, "hidden": a.hidden, "k_in": a.k_in}, buf)
         write_atomic(state, buf.getbuffer())
 
     rng = np.random.default_rng(a.seed + step)
@@ -143,7 +143,7 @@ def evaluate(a) -> None:
     s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
     codec = open_codec(a.ckpt, backend="torch", encoder_addon=False)  # h comes in through refine_fn only
     model = codec.runner.model
-    h = Correction(model.cfg.latent_channels, model.cfg.z_channels, s["hidden"])
+    h = Correction(model.cfg.latent_channels, model.cfg.z_channels, s["hidden"], s.get("k_in", 3))
     h.load_state_dict(s["h"])
     h.eval()
 
@@ -276,7 +276,7 @@ def ship(a) -> None:
     else:
         s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
         cfg = read_config(ckpt)
-        h = Correction(cfg.latent_channels, cfg.z_channels, s["hidden"])
+        h = Correction(cfg.latent_channels, cfg.z_channels, s["hidden"], s.get("k_in", 3))
         h.load_state_dict(s["h"])
         info = {"trained": "scripts/amortised_refine.py train (every model weight frozen)", "steps": int(s["step"])}
     if a.note:
@@ -296,6 +296,7 @@ def main(argv=None) -> None:
     t.add_argument("--batch", type=int, default=4)
     t.add_argument("--crop", type=int, default=256)
     t.add_argument("--hidden", type=int, default=128)
+    t.add_argument("--k-in", type=int, default=3, choices=[1, 3], help="kernel of h's first conv (1: 9x fewer weights there)")
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)

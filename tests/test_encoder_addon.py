@@ -60,6 +60,11 @@ def test_int8_storage_is_close_and_a_zero_correction_is_the_identity(ckpt, tmp_p
         else:
             assert torch.equal(a, b), k
     assert p.stat().st_size < 0.4 * sum(v.numel() * 4 for v in h.state_dict().values())
+    # a 1x1 first conv: recorded in the arch, read back as such, fewer bytes
+    small = randomize(LatentCorrection(h.arch["y_ch"], h.arch["z_ch"], hidden=16, k_in=1), 0.02, 2)
+    q = save_addon(small, tmp_path / "s.encoder.safetensors", model_id_of_file(ckpt))
+    assert read_addon_meta(q)["arch"]["k_in"] == 1 and "k_in" not in h.arch
+    assert load_addon(q, None).net[0].kernel_size == (1, 1) and q.stat().st_size < p.stat().st_size / 3
     zero = LatentCorrection(8, 4, hidden=16)
     y, z = torch.randn(1, 8, 3, 5), torch.randn(1, 4, 3, 5)
     assert torch.equal(zero(y, z), y)

@@ -20,12 +20,13 @@ from ilc_export.contract.files import write_atomic
 
 
 class LatentCorrection(nn.Module):
-    """dy = h(y, z) at the latent resolution: three 3x3 convs; zero last conv = no change."""
+    """dy = h(y, z) at the latent resolution: three convs (the first k_in x k_in, the others
+    3x3); zero last conv = no change. k_in = 1 makes the widest layer 9x smaller."""
 
-    def __init__(self, y_ch: int, z_ch: int, hidden: int = 128):
+    def __init__(self, y_ch: int, z_ch: int, hidden: int = 128, k_in: int = 3):
         super().__init__()
-        self.arch = {"y_ch": y_ch, "z_ch": z_ch, "hidden": hidden}
-        self.net = nn.Sequential(nn.Conv2d(y_ch + z_ch, hidden, 3, padding=1), nn.LeakyReLU(0.2),
+        self.arch = {"y_ch": y_ch, "z_ch": z_ch, "hidden": hidden, **({"k_in": k_in} if k_in != 3 else {})}
+        self.net = nn.Sequential(nn.Conv2d(y_ch + z_ch, hidden, k_in, padding=k_in // 2), nn.LeakyReLU(0.2),
                                  nn.Conv2d(hidden, hidden, 3, padding=1), nn.LeakyReLU(0.2),
                                  nn.Conv2d(hidden, y_ch, 3, padding=1))
         nn.init.zeros_(self.net[-1].weight)
