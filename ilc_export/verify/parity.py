@@ -28,6 +28,7 @@ from ..contract.graphs import GRAPHS
 from ..contract.manifest import ManifestError, read_manifest, verify_files
 from ..contract.model_id import model_id_of_file
 from ..contract.errors import IlcError
+from ..pipeline.models import encoder_addon_of
 
 PSNR_CAP = 100.0
 
@@ -212,10 +213,9 @@ def _addon_of(manifest: dict, ckpt: Path) -> bool:
     rec = manifest.get("encoder_addon")
     if not rec:
         return False
-    p = addon_path(ckpt)
-    if not p.is_file() or sha256_file(p) != rec.get("sha256"):
+    if encoder_addon_of(ckpt) != rec.get("sha256"):
         raise VerifyError(f"the export's forward graph has encoder add-on {rec.get('file')} "
-                          f"(sha256 {str(rec.get('sha256'))[:12]}…), which is not at {p}")
+                          f"(sha256 {str(rec.get('sha256'))[:12]}…), which is not at {addon_path(ckpt)}")
     return True
 
 
