@@ -29,7 +29,7 @@ def main():
     files = expand_inputs([args.images], IMAGE_SUFFIXES)
     out, inv, ceiling, addon_ceiling = {}, {}, {}, {}
     for kind in ("ilc", "baseline"):
-        ckpts = [p for p in shipped_checkpoints() if p.name.startswith(f"{kind}-q")]
+        ckpts = shipped_checkpoints(kind)
         rows = []
         for c in ckpts:
             model = load_model(c)

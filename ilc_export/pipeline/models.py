@@ -73,8 +73,9 @@ def checkpoints_in(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in found if not is_encoder_addon(p))
 
 
-def shipped_checkpoints() -> list[Path]:
-    return checkpoints_in(checkpoint_dir())
+def shipped_checkpoints(kind: str | None = None) -> list[Path]:
+    """The shipped checkpoints, or those of one kind (``ilc``, ``baseline``): ``<kind>-q<N>``."""
+    return [p for p in checkpoints_in(checkpoint_dir()) if kind is None or p.name.startswith(f"{kind}-q")]
 
 
 def shipped_checkpoint(quality: int = DEFAULT_QUALITY, kind: str = "ilc") -> Path:
@@ -87,9 +88,7 @@ def shipped_checkpoint(quality: int = DEFAULT_QUALITY, kind: str = "ilc") -> Pat
 
 def shipped_qualities(kind: str = "ilc") -> list[int]:
     out = []
-    for p in shipped_checkpoints():
-        if not p.name.startswith(f"{kind}-q"):
-            continue
+    for p in shipped_checkpoints(kind):
         try:
             out.append(int(p.stem.split("-q")[-1]))
         except ValueError:

@@ -203,8 +203,12 @@ def encoder_addons() -> dict:
     from ..contract.encoder_addon import addon_path, read_addon_meta
     from ..pipeline.models import shipped_checkpoints
 
-    return {c.stem: {k: m[k] for k in ("kind", "info")} for c in shipped_checkpoints()
-            if addon_path(c).is_file() for m in [read_addon_meta(addon_path(c))]}
+    out = {}
+    for c in shipped_checkpoints():
+        if addon_path(c).is_file():
+            meta = read_addon_meta(addon_path(c))
+            out[c.stem] = {"kind": meta["kind"], "info": meta["info"]}
+    return out
 
 
 def _budget_line(budget: dict) -> str:
