@@ -72,22 +72,49 @@ def _images(folder: Path, crop: int) -> list[np.ndarray]:
     return out
 
 
+def _decoder_arg(a) -> dict | None:
+    """How g is grown and trained with h (``--train-g``), as stored in h.pt; None: h alone."""
+    if not a.train_g:
+        return None
+    return {"g_hidden": a.g_hidden, "refine_y": a.refine_y}
+
+
+def _with_decoder(model, decoder: dict | None, s: dict | None):
+    """The model h is trained and evaluated against: the checkpoint's, or with g grown as
+    ``decoder`` says and, from a train folder's state ``s``, g's trained weights."""
+    if decoder is None:
+        return model
+    from ilc_reference.model import grow_g
+
+    model = grow_g(model, decoder["g_hidden"], decoder["refine_y"])
+    if s is not None and s.get("g") is not None:
+        model.g.load_state_dict(s["g"])
+    return model
+
+
 def train(a) -> None:
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    model = load_model(a.ckpt).eval().to(dev)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    y_ch, z_ch = model.cfg.latent_channels, model.cfg.z_channels
-    h = Correction(y_ch, z_ch, a.hidden, a.k_in).to(dev)
-    opt = torch.optim.Adam(h.parameters(), lr=a.lr)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     state = out / "h.pt"
+    s = torch.load(state, map_location=dev) if state.exists() else None
+    decoder = s["decoder"] if s is not None else _decoder_arg(a)
+    model = _with_decoder(load_model(a.ckpt), decoder, s).eval().to(dev)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    y_ch, z_ch = model.cfg.latent_channels, model.cfg.z_channels
+    hidden, k_in = (s["hidden"], s.get("k_in", 3)) if s is not None else (a.hidden, a.k_in)  # resumes as stored
+    h = Correction(y_ch, z_ch, hidden, k_in).to(dev)
+    groups = [{"params": list(h.parameters()), "lr": a.lr}]
+    if decoder is not None:  # g learns with h: the decoder side of the same objective
+        for p in model.g.parameters():
+            p.requires_grad_(True)
+        groups.append({"params": list(model.g.parameters()), "lr": a.g_lr})
+    opt = torch.optim.Adam(groups)
     step = 0
-    if state.exists():
-        s = torch.load(state, map_location=dev)
+    if s is not None:
         h.load_state_dict(s["h"])
         opt.load_state_dict(s["opt"])
         step = s["step"]
@@ -100,7 +127,8 @@ def train(a) -> None:
     imgs = _images(Path(a.data), a.crop)
     def save(at: int) -> None:  # resumable: h, Adam's moments and the step, written atomically
         buf = io.BytesIO()
-        torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": at, "hidden": a.hidden, "k_in": a.k_in}, buf)
+        torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": at, "hidden": hidden, "k_in": k_in,
+                    "decoder": decoder, "g": model.g.state_dict() if decoder is not None else None}, buf)
         write_atomic(state, buf.getbuffer())
 
     rng = np.random.default_rng(a.seed + step)
@@ -142,6 +170,8 @@ def evaluate(a) -> None:
     torch.set_num_threads(a.threads)
     s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
     codec = open_codec(a.ckpt, backend="torch", encoder_addon=False)  # h comes in through refine_fn only
+    if s.get("decoder") is not None:  # h was trained with g: decode with that g (the same tables)
+        codec.runner.model = _with_decoder(codec.runner.model, s["decoder"], s).eval()
     model = codec.runner.model
     h = Correction(model.cfg.latent_channels, model.cfg.z_channels, s["hidden"], s.get("k_in", 3))
     h.load_state_dict(s["h"])
@@ -256,6 +286,30 @@ def report(a) -> dict:
     return out
 
 
+def _write_run(a, s: dict) -> Path:
+    """h trained with g: write the model with that g as a training run's folder (``--run``,
+    named <kind>_q<N>, for scripts/ship_models.py) and return its checkpoint, for which the
+    add-on is then labelled; once shipped, relabel it with ``ship --from-addon``."""
+    from ilc_reference.checkpoint import save_checkpoint
+
+    if not a.run:
+        raise SystemExit(f"{a.out}: g was trained with h, so this is a new model: pass --run <folder>/<kind>_q<N>")
+    run = Path(a.run)
+    dst = run / "model.safetensors"
+    if dst.exists() and not a.force:
+        raise SystemExit(f"{dst} exists; pass --force to replace it")
+    src = Path(a.ckpt)
+    info = json.loads(src.with_suffix(".json").read_text()).get("info", {}) if src.with_suffix(".json").exists() else {}
+    info = {k: v for k, v in info.items() if k != "shipped_from"}
+    info["decoder_finetune"] = {"from": src.name, "steps": int(s["step"]), **s["decoder"],
+                                "trained": "scripts/amortised_refine.py train --train-g (f and the hyperprior frozen)"}
+    model = _with_decoder(load_model(src), s["decoder"], s)
+    save_checkpoint(model, run / "model.safetensors", info=info)
+    print(f"wrote {dst} (g {'+ y head ' if s['decoder']['refine_y'] else ''}after {s['step']} steps); "
+          f"ship it with scripts/ship_models.py {run}")
+    return dst
+
+
 def ship(a) -> None:
     """h.pt (or an add-on trained for the same weights before their codec tables were built)
     -> the checkpoint's encoder add-on (never overwriting one unless --force)."""
@@ -265,16 +319,18 @@ def ship(a) -> None:
     from ilc_reference.encoder_addon import load_addon
 
     ckpt = Path(a.ckpt)
+    if (a.out is None) == (a.from_addon is None):
+        raise SystemExit("ship takes one of --out (a train folder) and --from-addon")
+    s = torch.load(Path(a.out) / "h.pt", map_location="cpu") if a.out else None
+    if s is not None and s.get("decoder") is not None:  # g was trained too: a new model, as a run folder
+        ckpt = _write_run(a, s)
     dst = Path(a.addon) if a.addon else addon_path(ckpt)
     if dst.exists() and not a.force:
         raise SystemExit(f"{dst} exists; pass --force to replace it")
-    if (a.out is None) == (a.from_addon is None):
-        raise SystemExit("ship takes one of --out (a train folder) and --from-addon")
     if a.from_addon:
         meta = read_addon_meta(a.from_addon)
         h, info = load_addon(a.from_addon, None), {**meta["info"], "relabelled_from": meta["serves"]}
     else:
-        s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
         cfg = read_config(ckpt)
         h = Correction(cfg.latent_channels, cfg.z_channels, s["hidden"], s.get("k_in", 3))
         h.load_state_dict(s["h"])
@@ -302,6 +358,12 @@ def main(argv=None) -> None:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
     t.add_argument("--rate", default="ste", choices=["ste", "noise"], help="rate term's quantisation proxy (objective)")
+    t.add_argument("--train-g", action="store_true", help="train the decoder-side g with h (f and the hyperprior "
+                   "stay frozen): a new decoder, so shipping makes a new model")
+    t.add_argument("--g-hidden", type=int, default=None, help="with --train-g: widen g to this many hidden channels")
+    t.add_argument("--refine-y", action="store_true", help="with --train-g: give g the y-refinement head (g_refine_y)")
+    t.add_argument("--g-lr", type=float, default=2e-5, help="with --train-g: g's learning rate (its stored weights "
+                   "are scaled by g_lr_scale)")
     t.add_argument("--init-addon", default=None, help="start h from this encoder add-on (when --out has no h.pt; "
                    "same --hidden)")
     e = sub.add_parser("eval")
@@ -325,6 +387,8 @@ def main(argv=None) -> None:
     s.add_argument("--from-addon", default=None, help="an add-on made for the same weights before their tables "
                    "were built (gpu_post_amortised.sh), instead of --out")
     s.add_argument("--addon", default=None, help="where to write it (default: <ckpt stem>.encoder.safetensors)")
+    s.add_argument("--run", default=None, help="for h trained with g (--train-g): the run folder (<kind>_q<N>) to "
+                   "write the new model to; the add-on goes next to it")
     s.add_argument("--note", default="", help="a line for the add-on's info (budget, data)")
     s.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)

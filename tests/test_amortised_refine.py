@@ -119,3 +119,49 @@ def test_shipping_a_new_model_retires_the_addon_of_the_old_one(tmp_path):
     assert addon_path(ckpt).is_file()
     ship_models.retire_addon(ckpt, "f" * 32, run)  # the checkpoint now holds another model
     assert not addon_path(ckpt).exists() and (run / "retired-ilc-q2.encoder.safetensors").is_file()
+
+
+def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
+    """--train-g: g (grown with the y head) learns with h while f and the hyperprior stay frozen;
+    eval decodes with that g; ship writes the new model as a run folder, never in place."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from ilc_reference.checkpoint import load_model, read_config
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data"
+    data.mkdir()
+    img = (rng.random((64, 64, 3)) * 60 + np.linspace(0, 180, 64)[None, :, None]).astype(np.uint8)
+    Image.fromarray(img).save(data / "im.png")
+    out = tmp_path / "dec"
+    args = ["train", "--ckpt", str(CKPT), "--data", str(data), "--out", str(out), "--batch", "1", "--crop", "64",
+            "--hidden", "8", "--lr", "1e-3", "--train-g", "--refine-y", "--g-lr", "1e-5"]
+    amortised_refine.main(args + ["--steps", "2"])
+    amortised_refine.main(args[:11] + ["--steps", "3"])  # resumes h and g as stored, flags or not
+    state = torch.load(out / "h.pt")
+    assert state["step"] == 3 and state["decoder"] == {"g_hidden": None, "refine_y": True}
+    head = state["g"]["net.4.weight"][:96]  # the y head, zero at the start
+    assert head.abs().sum() > 0
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    Image.fromarray(img).save(crops / "c.png")
+    amortised_refine.main(["eval", "--ckpt", str(CKPT), "--out", str(out), "--crops", str(crops), "--plain"])
+    row = json.loads((out / "eval.json").read_text())["rows"][0]
+    assert row["psnr"] > 15 and row["psnr_0"] > 15
+
+    with pytest.raises(SystemExit, match="--run"):
+        amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out)])
+    run = tmp_path / "ship" / "ilc_q2"
+    amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--run", str(run)])
+    cfg = read_config(run / "model.safetensors")
+    assert cfg.g_refine_y and cfg.g_hidden == read_config(CKPT).g_hidden
+    new, old = load_file(str(run / "model.safetensors")), load_file(str(CKPT))
+    assert all(torch.equal(new[k], old[k]) for k in new if not k.startswith("g."))  # f and the hyperprior unchanged
+    assert torch.equal(new["g.net.4.weight"], state["g"]["net.4.weight"])
+    info = json.loads((run / "model.json").read_text())["info"]
+    assert info["decoder_finetune"]["steps"] == 3 and "shipped_from" not in info
+    assert (run / "model.encoder.safetensors").is_file()
+    load_model(run / "model.safetensors")
+    with pytest.raises(SystemExit, match="exists"):
+        amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--run", str(run)])

@@ -162,6 +162,30 @@ def test_refine_y_starts_as_identity_and_corrects_y():
     assert json.loads(model.cfg.to_json())["g_refine_y"] is True
 
 
+@pytest.mark.parametrize("kw", [{"hidden": 16}, {"refine_y": True}, {"hidden": 12, "refine_y": True}])
+@pytest.mark.parametrize("g_lr_scale", [1.0, 10.0])
+def test_grow_g_decodes_exactly_as_before(kw, g_lr_scale):
+    """grow_g widens g and/or adds the y head without changing the decoder's function, copies
+    everything else bit for bit, and the grown units can learn (random incoming weights)."""
+    from ilc_reference.model import grow_g
+
+    model = _g_model(seed=4, g_lr_scale=g_lr_scale)
+    grown = grow_g(model, **kw).eval()
+    assert grown.cfg.g_hidden == kw.get("hidden", 8) and grown.cfg.g_refine_y == kw.get("refine_y", False)
+    sd, gd = model.state_dict(), grown.state_dict()
+    assert all(torch.equal(sd[k], gd[k]) for k in sd if not k.startswith("g."))
+    y = torch.randn(1, model.cfg.latent_channels, 4, 4)
+    z = model.zeros_z(y)
+    with torch.no_grad():
+        assert torch.allclose(grown.synthesis(y, z), model.synthesis(y, z), atol=1e-6, rtol=0)
+        again = grow_g(grown, hidden=20, refine_y=True).eval()
+        assert torch.allclose(again.synthesis(y, z), model.synthesis(y, z), atol=1e-6, rtol=0)
+    if kw.get("hidden"):
+        assert grown.g.net[0].weight[8:].abs().sum() > 0
+    with pytest.raises(ValueError, match="no decoder-side g"):
+        grow_g(build_model(tiny_config()))
+
+
 def test_checkpoint_roundtrip_with_g(tmp_path):
     model = _g_model()
     path = save_checkpoint(model, tmp_path / "g")

@@ -241,3 +241,33 @@ def build_model(cfg: ModelConfig) -> _Codec:
     if cfg.kind == "baseline":
         return Baseline(cfg)
     raise ValueError(f"unknown model kind {cfg.kind!r} (expected 'ilc' or 'baseline')")
+
+
+def grow_g(model: ILC, hidden: int | None = None, refine_y: bool = False) -> ILC:
+    """A copy of an ILC with g widened to ``hidden`` and/or given the y-refinement head
+    (``cfg.g_refine_y``) that decodes exactly as before: the new units' outgoing weights and the
+    new head start at zero, so training grows them from the model's own function. f, the
+    hyperprior and everything but g are copied unchanged."""
+    import dataclasses
+
+    old_cfg = model.cfg
+    if not old_cfg.has_g:
+        raise ValueError(f"{old_cfg.name}: no decoder-side g to grow (z_model {old_cfg.z_model!r})")
+    oh, m = old_cfg.g_hidden, old_cfg.latent_channels
+    nh = max(hidden or oh, oh)
+    cfg = dataclasses.replace(old_cfg, g_hidden=nh, g_refine_y=old_cfg.g_refine_y or refine_y)
+    new = build_model(cfg)
+    new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("g.")}, strict=False)
+    old_y, new_y = (m if old_cfg.g_refine_y else 0), (m if cfg.g_refine_y else 0)
+    src, dst = model.g.net, new.g.net
+    with torch.no_grad():
+        dst[0].weight[:oh] = src[0].weight  # the new hidden units keep their random init ...
+        dst[0].bias[:oh] = src[0].bias
+        dst[2].weight[:, oh:] = 0  # ... and feed nothing yet
+        dst[2].weight[:oh, :oh] = src[2].weight
+        dst[2].bias[:oh] = src[2].bias
+        dst[4].weight.zero_()
+        dst[4].bias.zero_()
+        dst[4].weight[new_y - old_y:, :oh] = src[4].weight  # the z outputs follow the y head
+        dst[4].bias[new_y - old_y:] = src[4].bias
+    return new.train(model.training)
