@@ -1,25 +1,20 @@
 #!/usr/bin/env bash
-# Side job of scripts/gpu_window.sh (SIDE_CMD="bash scripts/gpu_side_amortised.sh"): train the
-# amortised refinement h of q1-q3 (scripts/amortised_refine.py) beside the main training, on the
-# same GPU, until DEADLINE_AT, starting from the shipped encoder add-on where there is one; leave
-# in SIDE each h as an encoder add-on of the shipped model (ilc-q<N>.encoder.safetensors, ~1.1 MB)
-# and its log. Env: SIDE, DATA, DEADLINE_AT (from gpu_window.sh), AM_BATCH (8), AM_QUALITIES
-# ("1 2 3"), AM_DEVICE (cuda).
+# Side job of scripts/gpu_window.sh (SIDE_CMD="bash scripts/gpu_side_amortised.sh"): the post
+# phase's h training (gpu_post_amortised.sh), beside the main training and against the shipped
+# q1-q3 as they are, until DEADLINE_AT; leaves in SIDE each h as an encoder add-on of the shipped
+# model (ilc-q<N>.encoder.safetensors, ~1.1 MB) and its log. Useful only for models the window
+# does not retrain: an add-on does not carry over to another version of its model.
+# Env: SIDE, DATA, DEADLINE_AT (from gpu_window.sh), AM_QUALITIES ("1 2 3"), and those of
+# gpu_post_amortised.sh.
 set -uo pipefail
-PY=${PYTHON:-python3}
-MIN=$(awk -v d="$DEADLINE_AT" -v n="$(date +%s)" 'BEGIN { printf "%.2f", (d - n - 20) / 60 }')
-for q in ${AM_QUALITIES:-1 2 3}; do
-  if [ "$q" = 1 ]; then extra=(--rate noise --lr 1e-4); else extra=(--lr 2e-4); fi
-  addon="reference/ilc_reference/checkpoints/ilc-q$q.encoder.safetensors"
-  if [ -f "$addon" ]; then extra+=(--init-addon "$addon"); fi
-  $PY scripts/amortised_refine.py train --ckpt "reference/ilc_reference/checkpoints/ilc-q$q.safetensors" \
-      --data "$DATA" --out "$SIDE/work_q$q" --minutes "$MIN" --batch "${AM_BATCH:-8}" --device "${AM_DEVICE:-cuda}" \
-      --threads 2 "${extra[@]}" >"$SIDE/q$q.stdout" 2>&1 &
+ck="$PWD/reference/ilc_reference/checkpoints"
+links="$SIDE/shipped"
+for q in ${AM_QUALITIES:-1 2 3}; do  # each shipped checkpoint as a run folder
+  mkdir -p "$links/ilc-q$q"
+  ln -sf "$ck/ilc-q$q.safetensors" "$links/ilc-q$q/model.safetensors"
+  ln -sf "$ck/ilc-q$q.json" "$links/ilc-q$q/model.json"
 done
-wait
-for q in ${AM_QUALITIES:-1 2 3}; do
-  $PY scripts/amortised_refine.py ship --ckpt "reference/ilc_reference/checkpoints/ilc-q$q.safetensors" \
-      --out "$SIDE/work_q$q" --addon "$SIDE/ilc-q$q.encoder.safetensors" --note "GPU side job, batch ${AM_BATCH:-8}"
-  gzip -c "$SIDE/work_q$q/log.jsonl" >"$SIDE/log_q$q.jsonl.gz"
-  rm -rf "$SIDE/work_q$q"
-done
+RUNS="$links" AM_MARGIN="${AM_MARGIN:-20}" AM_NOTE="${AM_NOTE:-GPU side job}" bash scripts/gpu_post_amortised.sh
+rc=$?
+rm -rf "$links"
+exit $rc

@@ -165,3 +165,32 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     load_model(run / "model.safetensors")
     with pytest.raises(SystemExit, match="exists"):
         amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--run", str(run)])
+
+
+def test_gpu_side_job_trains_h_of_the_shipped_models_through_the_post_script(tmp_path):
+    """gpu_side_amortised.sh links the shipped checkpoints as runs and hands them to
+    gpu_post_amortised.sh: on CPU, a few steps at a tiny crop until the deadline, then an
+    add-on of each shipped model, its log, and nothing else left in SIDE."""
+    import os
+    import subprocess
+    import time
+
+    from PIL import Image
+
+    from ilc_export.contract.encoder_addon import read_addon_meta
+    from ilc_export.contract.model_id import model_id_of_file
+
+    data, side = tmp_path / "data", tmp_path / "side"
+    data.mkdir()
+    side.mkdir()
+    rng = np.random.default_rng(2)
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(data / "im.png")
+    env = {**os.environ, "SIDE": str(side), "DATA": str(data), "DEADLINE_AT": str(int(time.time()) + 35),
+           "AM_QUALITIES": "2", "AM_DEVICE": "cpu", "AM_BATCH": "1", "AM_CROP": "64", "PYTHON": sys.executable,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "reference")])}
+    subprocess.run(["bash", "scripts/gpu_side_amortised.sh"], cwd=ROOT, env=env, check=True, timeout=300)
+    assert sorted(p.name for p in side.iterdir()) == ["ilc-q2.encoder.safetensors", "ilc-q2.stdout",
+                                                      "log_ilc-q2.jsonl.gz"]
+    meta = read_addon_meta(side / "ilc-q2.encoder.safetensors", model_id_of_file(CKPT))
+    assert meta["info"]["note"].startswith("GPU side job, batch 1")
+    assert "starting from" in (side / "ilc-q2.stdout").read_text()  # the shipped add-on as its start
