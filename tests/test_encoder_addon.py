@@ -107,6 +107,34 @@ def test_the_encoder_sends_other_latents_and_any_decoder_reads_them(ckpt, sample
     assert not np.allclose(a["y"], b["y"]) and np.array_equal(a["z"], b["z"]) and np.array_equal(a["w"], b["w"])
 
 
+def test_cli_no_encoder_addon_is_declared_and_refused_where_an_export_decides(ckpt, tmp_path, sample_image):
+    from PIL import Image
+
+    from ilc_export.backends.base import ENCODER_ADDON, BackendError
+    from ilc_export.backends.registry import get, load_backend
+
+    src = tmp_path / "a.png"
+    Image.fromarray(sample_image).save(src)
+    plain = open_codec(ckpt, backend="torch", threads=1).compress(sample_image)[0]
+    _addon(ckpt)
+    cli = CliRunner()
+    r = cli.invoke(app, ["compress", str(src), "-m", str(ckpt), "-o", str(tmp_path / "off.ilc"), "--no-encoder-addon",
+                         "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "off.ilc").read_bytes() == plain  # as if there were no add-on
+    r = cli.invoke(app, ["compress", str(src), "-m", str(ckpt), "-o", str(tmp_path / "on.ilc"), "--threads", "1"])
+    assert r.exit_code == 0 and (tmp_path / "on.ilc").read_bytes() != plain
+    assert ENCODER_ADDON in get("torch").capabilities
+    for name in ("onnxruntime", "tensorrt"):
+        assert ENCODER_ADDON not in get(name).capabilities
+        with pytest.raises(BackendError, match="--no-encoder-addon"):
+            load_backend(name, tmp_path, encoder_addon=False)
+    r = cli.invoke(app, ["compress", str(src), "-m", str(ckpt), "-b", "onnxruntime", "-o", str(tmp_path / "x.ilc"),
+                         "--no-encoder-addon"])
+    assert r.exit_code == 1 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "x.ilc").exists()
+
+
 def test_onnx_export_bakes_the_addon_into_the_forward_graph(ckpt, tmp_path, sample_image):
     pytest.importorskip("onnxruntime")
     from ilc_export.export.onnx_export import export_onnx

@@ -25,6 +25,10 @@ check these, never the backend's name.
     the rate, over the tile's ``valid`` region (the file format and every decoder stay as they
     are; only encoding is slower). ``refines`` says whether this runner was loaded so; only
     encode_tile refines, never the per-graph ``run``.
+  ENCODER_ADDON: the loader takes ``encoder_addon=False``: encode without the encoder add-on
+    that sits next to a checkpoint (``ilc_export.contract.encoder_addon``). Backends of exports
+    have none to drop: an export has the add-on in its forward graph or not (``ilc-export onnx
+    --no-encoder-addon``).
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ DEVICE_PIXELS = "device_pixels"
 MAX_SHAPE = "max_shape"
 #: capability name: the loader takes refine=N (encoder-side latent refinement, needs gradients)
 REFINE = "refine"
+#: capability name: the loader takes encoder_addon=False (encode without the checkpoint's add-on)
+ENCODER_ADDON = "encoder_addon"
 
 #: what a backend loads (the kinds of model source; see ilc_export.pipeline.models.source_kind)
 CHECKPOINT, ONNX_EXPORT, ENGINES = "checkpoint", "onnx", "engines"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from .base import REFINE, BackendError, BackendSpec, Runner
+from .base import ENCODER_ADDON, REFINE, BackendError, BackendSpec, Runner
 
 #: backend packages, in the order automatic selection prefers them
 PLUGINS = ("ilc_export.backends.pytorch", "ilc_export.backends.onnxrt", "ilc_export.backends.tensorrt")
@@ -65,4 +65,7 @@ def load_backend(name: str, source: str | Path, **options) -> Runner:
         able = ", ".join(s.name for s in specs().values() if REFINE in s.capabilities)
         raise BackendError(f"--refine needs gradients through the model: the {spec.name} backend cannot refine; "
                            f"encode with {able} (any backend decodes the file)")
+    if options.get("encoder_addon") is False and ENCODER_ADDON not in spec.capabilities:
+        raise BackendError(f"--no-encoder-addon applies to checkpoints: the {spec.name} backend runs an export, whose "
+                           "forward graph has the add-on or not (ilc-export onnx --no-encoder-addon)")
     return spec.load(source, **options)

@@ -130,6 +130,9 @@ def compress(
     refine: int = typer.Option(0, "--refine", min=0, help="encoder effort: gradient steps per tile that choose "
                                "the latents this model's decoder reconstructs best (torch backend; e.g. 60; "
                                "much slower encoding, smaller files or higher PSNR, any backend decodes)"),
+    no_encoder_addon: bool = typer.Option(False, "--no-encoder-addon", help="encode without the checkpoint's "
+                                          "encoder add-on (torch backend; more bits for the same quality; any "
+                                          "backend decodes them)"),
     eng: Engine = None,
 ):
     """Compress images to .ilc bitstreams."""
@@ -138,6 +141,8 @@ def compress(
     opts = run.options()
     if refine:
         opts["refine"] = refine
+    if no_encoder_addon:
+        opts["encoder_addon"] = False
     _check_jobs(jobs)
     try:
         check_tile_option(tile)
