@@ -194,6 +194,8 @@ def training_budget() -> dict:
     for card in sorted(checkpoint_dir().glob("*.json")):
         info = json.loads(card.read_text()).get("info", {})
         out[card.stem] = {k: info[k] for k in ("steps", "wall_s", "device", "pixels", "init") if k in info}
+        if "decoder_finetune" in info:  # g trained further with the encoder add-on, the rest frozen
+            out[card.stem]["decoder_finetune_steps"] = info["decoder_finetune"].get("steps")
     return out
 
 
@@ -215,6 +217,7 @@ def _budget_line(budget: dict) -> str:
     if not budget:
         return ""
     parts = [f"{name}: {b.get('steps', '?')} steps, {b.get('wall_s', '?')} s on {b.get('device', '?')}"
+             + (f", then {b['decoder_finetune_steps']} steps of g with h (f frozen)" if "decoder_finetune_steps" in b else "")
              for name, b in budget.items()]
     return "Training budget of each model (from its card): " + "; ".join(parts) + ".\n"
 
