@@ -18,6 +18,10 @@ and every existing file stay as they are.
 `ship` writes h as the checkpoint's encoder add-on (``ilc-q2.encoder.safetensors`` next to it),
 which the torch backend and the ONNX export then use by default.
 
+`train --train-g [--refine-y] [--g-hidden N]` trains the decoder-side g (``ilc_reference.model.
+grow_g``) with h, f and the hyperprior still frozen: a new decoder, so `ship --run DIR` writes a
+new model as a run folder for scripts/ship_models.py, with h as its add-on.
+
 `train` checkpoints h (h.pt) every 50 steps and resumes from it. `eval` codes the crops to real
 files through the torch backend with h as the runner's refinement (``refine_fn``), decodes them
 with the plain decoder, and compares per image with the unrefined and the 60-step refined
@@ -294,10 +298,13 @@ def _write_run(a, s: dict) -> Path:
 
     if not a.run:
         raise SystemExit(f"{a.out}: g was trained with h, so this is a new model: pass --run <folder>/<kind>_q<N>")
+    from ilc_export.contract.encoder_addon import addon_path
+
     run = Path(a.run)
     dst = run / "model.safetensors"
-    if dst.exists() and not a.force:
-        raise SystemExit(f"{dst} exists; pass --force to replace it")
+    for p in (dst, Path(a.addon) if a.addon else addon_path(dst)):  # refuse before writing anything
+        if p.exists() and not a.force:
+            raise SystemExit(f"{p} exists; pass --force to replace it")
     src = Path(a.ckpt)
     info = json.loads(src.with_suffix(".json").read_text()).get("info", {}) if src.with_suffix(".json").exists() else {}
     info = {k: v for k, v in info.items() if k != "shipped_from"}
