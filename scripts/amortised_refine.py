@@ -177,9 +177,7 @@ def evaluate(a) -> None:
     if s.get("decoder") is not None:  # h was trained with g: decode with that g (the same tables)
         codec.runner.model = _with_decoder(codec.runner.model, s["decoder"], s).eval()
     model = codec.runner.model
-    h = Correction(model.cfg.latent_channels, model.cfg.z_channels, s["hidden"], s.get("k_in", 3))
-    h.load_state_dict(s["h"])
-    h.eval()
+    h = _h_of(s, model.cfg).eval()
 
     def refine_fn(m, x, y, w_hat, valid=None):  # the runner's REFINE hook
         """h's y, unless the model's own objective says the unrefined y is better for this
@@ -290,31 +288,38 @@ def report(a) -> dict:
     return out
 
 
-def _write_run(a, s: dict) -> Path:
-    """h trained with g: write the model with that g as a training run's folder (``--run``,
-    named <kind>_q<N>, for scripts/ship_models.py) and return its checkpoint, for which the
-    add-on is then labelled; once shipped, relabel it with ``ship --from-addon``."""
-    from ilc_reference.checkpoint import save_checkpoint
+def _h_of(s: dict, cfg) -> Correction:
+    """h as a train folder's state ``s`` holds it, for a model of config ``cfg``."""
+    h = Correction(cfg.latent_channels, cfg.z_channels, s["hidden"], s.get("k_in", 3))
+    h.load_state_dict(s["h"])
+    return h
 
+
+def _run_model(a) -> Path:
+    """Where h trained with g goes as a new model: ``--run`` (<kind>_q<N>, a run folder for
+    scripts/ship_models.py); the add-on is then labelled for it, and relabelled with
+    ``ship --from-addon`` once the run has shipped."""
     if not a.run:
         raise SystemExit(f"{a.out}: g was trained with h, so this is a new model: pass --run <folder>/<kind>_q<N>")
-    from ilc_export.contract.encoder_addon import addon_path
+    dst = Path(a.run) / "model.safetensors"
+    if dst.exists() and not a.force:
+        raise SystemExit(f"{dst} exists; pass --force to replace it")
+    return dst
 
-    run = Path(a.run)
-    dst = run / "model.safetensors"
-    for p in (dst, Path(a.addon) if a.addon else addon_path(dst)):  # refuse before writing anything
-        if p.exists() and not a.force:
-            raise SystemExit(f"{p} exists; pass --force to replace it")
+
+def _write_run(a, s: dict, dst: Path) -> None:
+    """Write the model with the g of train state ``s`` to ``dst`` (see ``_run_model``)."""
+    from ilc_reference.checkpoint import save_checkpoint
+
     src = Path(a.ckpt)
     info = json.loads(src.with_suffix(".json").read_text()).get("info", {}) if src.with_suffix(".json").exists() else {}
     info = {k: v for k, v in info.items() if k != "shipped_from"}
     info["decoder_finetune"] = {"from": src.name, "steps": int(s["step"]), **s["decoder"],
                                 "trained": "scripts/amortised_refine.py train --train-g (f and the hyperprior frozen)"}
     model = _with_decoder(load_model(src), s["decoder"], s)
-    save_checkpoint(model, run / "model.safetensors", info=info)
+    save_checkpoint(model, dst, info=info)
     print(f"wrote {dst} (g {'+ y head ' if s['decoder']['refine_y'] else ''}after {s['step']} steps); "
-          f"ship it with scripts/ship_models.py {run}")
-    return dst
+          f"ship it with scripts/ship_models.py {dst.parent}")
 
 
 def ship(a) -> None:
@@ -329,18 +334,19 @@ def ship(a) -> None:
     if (a.out is None) == (a.from_addon is None):
         raise SystemExit("ship takes one of --out (a train folder) and --from-addon")
     s = torch.load(Path(a.out) / "h.pt", map_location="cpu") if a.out else None
-    if s is not None and s.get("decoder") is not None:  # g was trained too: a new model, as a run folder
-        ckpt = _write_run(a, s)
+    new_model = s is not None and s.get("decoder") is not None  # g was trained too: a new model, as a run folder
+    if new_model:
+        ckpt = _run_model(a)
     dst = Path(a.addon) if a.addon else addon_path(ckpt)
-    if dst.exists() and not a.force:
+    if dst.exists() and not a.force:  # refused before anything is written
         raise SystemExit(f"{dst} exists; pass --force to replace it")
+    if new_model:
+        _write_run(a, s, ckpt)
     if a.from_addon:
         meta = read_addon_meta(a.from_addon)
         h, info = load_addon(a.from_addon, None), {**meta["info"], "relabelled_from": meta["serves"]}
     else:
-        cfg = read_config(ckpt)
-        h = Correction(cfg.latent_channels, cfg.z_channels, s["hidden"], s.get("k_in", 3))
-        h.load_state_dict(s["h"])
+        h = _h_of(s, read_config(ckpt))
         info = {"trained": "scripts/amortised_refine.py train (every model weight frozen)", "steps": int(s["step"])}
     if a.note:
         info["note"] = a.note

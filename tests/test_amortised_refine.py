@@ -165,6 +165,10 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     load_model(run / "model.safetensors")
     with pytest.raises(SystemExit, match="exists"):
         amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--run", str(run)])
+    (run / "model.safetensors").unlink()  # the add-on alone also refuses, before the model is written
+    with pytest.raises(SystemExit, match="encoder.safetensors exists"):
+        amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--run", str(run)])
+    assert not (run / "model.safetensors").exists()
 
 
 def test_gpu_side_job_trains_h_of_the_shipped_models_through_the_post_script(tmp_path):
