@@ -18,9 +18,10 @@ and every existing file stay as they are.
 `ship` writes h as the checkpoint's encoder add-on (``ilc-q2.encoder.safetensors`` next to it),
 which the torch backend and the ONNX export then use by default.
 
-`train --train-g [--refine-y] [--g-hidden N]` trains the decoder-side g (``ilc_reference.model.
-grow_g``) with h, f and the hyperprior still frozen: a new decoder, so `ship --run DIR` writes a
-new model as a run folder for scripts/ship_models.py, with h as its add-on.
+`train --train-g [--refine-y] [--g-hidden N] [--post-hidden N]` trains the decoder-side g
+(``ilc_reference.model.grow_g``; and an image-domain post-filter, ``add_post_filter``) with h, f
+and the hyperprior still frozen: a new decoder, so `ship --run DIR` writes a new model as a run
+folder for scripts/ship_models.py, with h as its add-on.
 
 `train` checkpoints h (h.pt) every 50 steps and resumes from it. `eval` codes the crops to real
 files through the torch backend with h as the runner's refinement (``refine_fn``), decodes them
@@ -80,19 +81,25 @@ def _decoder_arg(a) -> dict | None:
     """How g is grown and trained with h (``--train-g``), as stored in h.pt; None: h alone."""
     if not a.train_g:
         return None
-    return {"g_hidden": a.g_hidden, "refine_y": a.refine_y}
+    d = {"g_hidden": a.g_hidden, "refine_y": a.refine_y}
+    return {**d, "post_hidden": a.post_hidden} if a.post_hidden else d
 
 
 def _with_decoder(model, decoder: dict | None, s: dict | None):
     """The model h is trained and evaluated against: the checkpoint's, or with g grown as
-    ``decoder`` says and, from a train folder's state ``s``, g's trained weights."""
+    ``decoder`` says (and the post-filter added), and from a train folder's state ``s`` their
+    trained weights."""
     if decoder is None:
         return model
-    from ilc_reference.model import grow_g
+    from ilc_reference.model import add_post_filter, grow_g
 
     model = grow_g(model, decoder["g_hidden"], decoder["refine_y"])
+    if decoder.get("post_hidden"):
+        model = add_post_filter(model, decoder["post_hidden"])
     if s is not None and s.get("g") is not None:
         model.g.load_state_dict(s["g"])
+    if s is not None and s.get("post") is not None:
+        model.post.load_state_dict(s["post"])
     return model
 
 
@@ -100,6 +107,8 @@ def train(a) -> None:
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
+    if a.post_hidden and not a.train_g:
+        raise SystemExit("--post-hidden trains a decoder part: it needs --train-g")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     state = out / "h.pt"
@@ -116,6 +125,10 @@ def train(a) -> None:
         for p in model.g.parameters():
             p.requires_grad_(True)
         groups.append({"params": list(model.g.parameters()), "lr": a.g_lr})
+        if model.cfg.has_post:
+            for p in model.post.parameters():
+                p.requires_grad_(True)
+            groups.append({"params": list(model.post.parameters()), "lr": a.post_lr})
     opt = torch.optim.Adam(groups)
     step = 0
     if s is not None:
@@ -132,7 +145,8 @@ def train(a) -> None:
     def save(at: int) -> None:  # resumable: h, Adam's moments and the step, written atomically
         buf = io.BytesIO()
         torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": at, "hidden": hidden, "k_in": k_in,
-                    "decoder": decoder, "g": model.g.state_dict() if decoder is not None else None}, buf)
+                    "decoder": decoder, "g": model.g.state_dict() if decoder is not None else None,
+                    "post": model.post.state_dict() if model.cfg.has_post else None}, buf)
         write_atomic(state, buf.getbuffer())
 
     rng = np.random.default_rng(a.seed + step)
@@ -314,11 +328,17 @@ def _write_run(a, s: dict, dst: Path) -> None:
     src = Path(a.ckpt)
     info = json.loads(src.with_suffix(".json").read_text()).get("info", {}) if src.with_suffix(".json").exists() else {}
     info = {k: v for k, v in info.items() if k != "shipped_from"}
-    info["decoder_finetune"] = {"from": src.name, "steps": int(s["step"]), **s["decoder"],
-                                "trained": "scripts/amortised_refine.py train --train-g (f and the hyperprior frozen)"}
+    from ilc_export.contract.model_id import model_id_of_file
+
+    stage = {"from": src.name, "from_id": model_id_of_file(src), "steps": int(s["step"]), **s["decoder"],
+             "trained": "scripts/amortised_refine.py train --train-g (f and the hyperprior frozen)"}
+    prev = info.get("decoder_finetune")  # a fine-tuned model fine-tuned again: steps add up, stages are kept
+    info["decoder_finetune"] = stage if prev is None else {
+        **stage, "steps": int(prev["steps"]) + stage["steps"], "stages": prev.get("stages", [prev]) + [stage]}
     model = _with_decoder(load_model(src), s["decoder"], s)
     save_checkpoint(model, dst, info=info)
-    print(f"wrote {dst} (g {'+ y head ' if s['decoder']['refine_y'] else ''}after {s['step']} steps); "
+    parts = "g" + (" + y head" if s["decoder"]["refine_y"] else "") + (" + post-filter" if model.cfg.has_post else "")
+    print(f"wrote {dst} ({parts} after {s['step']} steps); "
           f"ship it with scripts/ship_models.py {dst.parent}")
 
 
@@ -377,6 +397,9 @@ def main(argv=None) -> None:
     t.add_argument("--refine-y", action="store_true", help="with --train-g: give g the y-refinement head (g_refine_y)")
     t.add_argument("--g-lr", type=float, default=2e-5, help="with --train-g: g's learning rate (its stored weights "
                    "are scaled by g_lr_scale)")
+    t.add_argument("--post-hidden", type=int, default=0, help="with --train-g: add an image-domain post-filter "
+                   "this wide after f^-1 (cfg.post_hidden; 0: none)")
+    t.add_argument("--post-lr", type=float, default=1e-4, help="with --post-hidden: the post-filter's learning rate")
     t.add_argument("--init-addon", default=None, help="start h from this encoder add-on (when --out has no h.pt; "
                    "same --hidden)")
     e = sub.add_parser("eval")

@@ -51,7 +51,7 @@ def budget_label(budget) -> str:
         return "equal budget"
     steps = f"q2: ILC {i.get('steps')} steps, baseline {b.get('steps')}"
     if i.get("decoder_finetune_steps"):
-        steps += f"; then {i['decoder_finetune_steps']} CPU steps of the ILC's g with h, f frozen"
+        steps += f"; then {i['decoder_finetune_steps']} CPU steps of the ILC's {i.get('decoder_finetune_parts', 'g')} with h, f frozen"
     if i.get("wall_s") == b.get("wall_s") and i.get("device") == b.get("device") and not i.get("decoder_finetune_steps"):
         return f"equal budget ({i['wall_s']} s on {i['device']} each; {steps})"
     return f"**unequal budget** (ILC {i.get('wall_s')} s, baseline {b.get('wall_s')} s of GPU time; {steps}; see the model card)"

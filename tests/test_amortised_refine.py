@@ -127,6 +127,7 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     from PIL import Image
     from safetensors.torch import load_file
 
+    from ilc_export.contract.model_id import model_id_of_file
     from ilc_reference.checkpoint import load_model, read_config
 
     rng = np.random.default_rng(1)
@@ -160,7 +161,10 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     assert all(torch.equal(new[k], old[k]) for k in new if not k.startswith("g."))  # f and the hyperprior unchanged
     assert torch.equal(new["g.net.4.weight"], state["g"]["net.4.weight"])
     info = json.loads((run / "model.json").read_text())["info"]
-    assert info["decoder_finetune"]["steps"] == 3 and "shipped_from" not in info
+    prev = json.loads(CKPT.with_suffix(".json").read_text())["info"]["decoder_finetune"]  # the shipped model's own
+    tune = info["decoder_finetune"]
+    assert tune["steps"] == prev["steps"] + 3 and tune["stages"][-1]["steps"] == 3 and "shipped_from" not in info
+    assert tune["stages"][-1]["from_id"] == model_id_of_file(CKPT)
     assert (run / "model.encoder.safetensors").is_file()
     load_model(run / "model.safetensors")
     with pytest.raises(SystemExit, match="exists"):
@@ -169,6 +173,20 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     with pytest.raises(SystemExit, match="encoder.safetensors exists"):
         amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(out), "--run", str(run)])
     assert not (run / "model.safetensors").exists()
+
+    # with an image-domain post-filter: trained with h and g, stored in h.pt, shipped in the model
+    post_out, post_run = tmp_path / "post", tmp_path / "ship_post" / "ilc_q2"
+    pargs = [a if a != str(out) else str(post_out) for a in args]
+    with pytest.raises(SystemExit, match="needs --train-g"):
+        amortised_refine.main(pargs[:11] + ["--post-hidden", "4", "--steps", "1"])
+    assert not post_out.exists()
+    amortised_refine.main(pargs + ["--post-hidden", "4", "--post-lr", "1e-3", "--steps", "2"])
+    state = torch.load(post_out / "h.pt")
+    assert state["decoder"]["post_hidden"] == 4 and state["post"]["net.6.weight"].abs().sum() > 0  # left zero
+    amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(post_out), "--run", str(post_run)])
+    shipped = load_model(post_run / "model.safetensors")
+    assert shipped.cfg.post_hidden == 4 and torch.equal(shipped.post.net[6].weight, state["post"]["net.6.weight"])
+    assert json.loads((post_run / "model.json").read_text())["info"]["decoder_finetune"]["post_hidden"] == 4
 
 
 def test_gpu_side_job_trains_h_of_the_shipped_models_through_the_post_script(tmp_path):

@@ -24,3 +24,7 @@ def test_budget_label_equal_unequal_and_finetuned():
     line = _budget_line({"ilc-q2": tuned, "baseline-q2": same})
     assert "ilc-q2: 100 steps, 590 s on cuda, then 2400 steps of g with h (f frozen)" in line
     assert line.rstrip().endswith("; baseline-q2: 100 steps, 590 s on cuda.")  # no fine-tune named for it
+    post = {**tuned, "decoder_finetune_parts": "g and the post-filter"}
+    assert "2400 CPU steps of the ILC's g and the post-filter with h" in update_docs.budget_label(
+        {"ilc-q2": post, "baseline-q2": same})
+    assert "then 2400 steps of g and the post-filter with h (f frozen)" in _budget_line({"ilc-q2": post})

@@ -195,7 +195,9 @@ def training_budget() -> dict:
         info = json.loads(card.read_text()).get("info", {})
         out[card.stem] = {k: info[k] for k in ("steps", "wall_s", "device", "pixels", "init") if k in info}
         if "decoder_finetune" in info:  # g trained further with the encoder add-on, the rest frozen
-            out[card.stem]["decoder_finetune_steps"] = info["decoder_finetune"].get("steps")
+            tune = info["decoder_finetune"]
+            out[card.stem]["decoder_finetune_steps"] = tune.get("steps")
+            out[card.stem]["decoder_finetune_parts"] = "g and the post-filter" if tune.get("post_hidden") else "g"
     return out
 
 
@@ -217,7 +219,8 @@ def _budget_line(budget: dict) -> str:
     if not budget:
         return ""
     parts = [f"{name}: {b.get('steps', '?')} steps, {b.get('wall_s', '?')} s on {b.get('device', '?')}"
-             + (f", then {b['decoder_finetune_steps']} steps of g with h (f frozen)" if "decoder_finetune_steps" in b else "")
+             + (f", then {b['decoder_finetune_steps']} steps of {b.get('decoder_finetune_parts', 'g')} with h (f frozen)"
+                if "decoder_finetune_steps" in b else "")
              for name, b in budget.items()]
     return "Training budget of each model (from its card): " + "; ".join(parts) + ".\n"
 

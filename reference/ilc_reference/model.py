@@ -9,7 +9,8 @@ ILC decode: x_hat = f^-1(y_hat, z_hat) with z_hat = z (the surrogate: 0 or a see
 N(0, T^2) sample) by default. With ``cfg.z_model == "g"`` a small decoder-side network g
 predicts the dropped information, z_hat = g(y_hat) + z, i.e. z ~ N(g(y_hat), T^2): g is part
 of synthesis (the inverse graph); the forward graph, the bitstream and the entropy model are
-unchanged, and f itself stays exactly invertible (``model.f.inverse``).
+unchanged, and f itself stays exactly invertible (``model.f.inverse``). With
+``cfg.post_hidden`` an image-domain post-filter p follows f^-1 in synthesis: x_hat = p(f^-1(.)).
 """
 from __future__ import annotations
 
@@ -78,6 +79,32 @@ class ZPredictor(nn.Module):
         return y_hat, out
 
 
+class PostFilter(nn.Module):
+    """p: x -> x + p(x), a residual image-domain filter after f^-1 (``cfg.post_hidden`` wide).
+
+    f^-1 turns y_hat's quantisation error into structured artefacts that neither f (shared with
+    the encoder) nor g (at H/16) can undo; p works at H/2: a stride-2 2x2 conv in, two 3x3
+    convs, a stride-2 2x2 transposed conv out, which starts at zero (a fresh p is the identity).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.post_hidden
+        out = nn.ConvTranspose2d(h, 3, 2, stride=2)
+        with torch.no_grad():
+            out.weight.zero_()
+            out.bias.zero_()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, h, 2, stride=2), nn.LeakyReLU(0.2),
+            nn.Conv2d(h, h, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(h, h, 3, padding=1), nn.LeakyReLU(0.2),
+            out,
+        )
+
+    def forward(self, x):
+        return x + self.net(x)
+
+
 class _Codec(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -139,7 +166,7 @@ class _Codec(nn.Module):
         z_mean = None
         if z is not None and self.cfg.has_g:
             y_in, z_mean = self.g(y_hat)  # trained through the inverse, on the image error
-            x_hat = self.f.inverse(y_in, z_mean)
+            x_hat = self._inverse(y_in, z_mean)
         else:
             x_hat = self.synthesis(y_hat, self.zeros_z(y) if z is not None else None)
         bits = -(torch.log2(y_lik).sum() + torch.log2(w_lik).sum())
@@ -172,6 +199,8 @@ class ILC(_Codec):
         self.f = InvertibleTransform(cfg)
         if cfg.has_g:
             self.g = ZPredictor(cfg)  # only then: old checkpoints keep their exact key set
+        if cfg.has_post:
+            self.post = PostFilter(cfg)
 
     def analysis(self, x):
         return self.f(x)
@@ -185,8 +214,13 @@ class ILC(_Codec):
         g(y_hat) when the model has g. This is the whole inverse graph."""
         if self.cfg.has_g:
             y_in, z_mean = self.g(y_hat)
-            return self.f.inverse(y_in, z_mean + z)
-        return self.f.inverse(y_hat, z)
+            return self._inverse(y_in, z_mean + z)
+        return self._inverse(y_hat, z)
+
+    def _inverse(self, y, z):
+        """f^-1, then the post-filter when the model has one."""
+        x = self.f.inverse(y, z)
+        return self.post(x) if self.cfg.has_post else x
 
 
 class GDN(nn.Module):
@@ -270,4 +304,23 @@ def grow_g(model: ILC, hidden: int | None = None, refine_y: bool = False) -> ILC
         dst[4].bias.zero_()
         dst[4].weight[new_y - old_y:, :oh] = src[4].weight  # the z outputs follow the y head
         dst[4].bias[new_y - old_y:] = src[4].bias
+    return new.train(model.training)
+
+
+def add_post_filter(model: ILC, hidden: int) -> ILC:
+    """A copy of an ILC with an image-domain post-filter ``hidden`` wide (``cfg.post_hidden``)
+    that decodes exactly as before: the filter's output layer starts at zero. A model that has
+    one keeps it (same width only); everything else is copied unchanged."""
+    import dataclasses
+
+    old = model.cfg
+    if old.kind != "ilc":
+        raise ValueError(f"{old.name}: a post-filter is for the ILC, not {old.kind!r}")
+    if old.has_post:
+        if hidden != old.post_hidden:
+            raise ValueError(f"{old.name}: has a post-filter {old.post_hidden} wide, not {hidden}")
+        return model
+    new = build_model(dataclasses.replace(old, post_hidden=hidden))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("post.") for k in missing), (missing, unexpected)
     return new.train(model.training)
