@@ -65,6 +65,17 @@ def objective(model, x, y_new, w_hat, valid=None, rate: str = "ste"):
     return bpp + model.cfg.lmbda * 255**2 * mse, bpp, mse
 
 
+#: the hyperprior's parts (``--train-hyper``): h_a is encoder-side, the rest on both sides
+HYPER = ("h_a", "h_s_mean", "h_s_scale", "prior")
+
+
+def w_rate(model, w, n_px: int, rate: str = "ste"):
+    """Bits per image pixel of the hyper-latent w under the factorised prior (``rate`` as in
+    ``objective``)."""
+    wq = ste_round(w) if rate == "ste" else w + torch.empty_like(w).uniform_(-0.5, 0.5)
+    return -torch.log2(model.prior.likelihood(wq)).sum() / n_px
+
+
 def _images(folder: Path, crop: int) -> list[np.ndarray]:
     from PIL import Image
 
@@ -82,7 +93,11 @@ def _decoder_arg(a) -> dict | None:
     if not a.train_g:
         return None
     d = {"g_hidden": a.g_hidden, "refine_y": a.refine_y}
-    return {**d, "post_hidden": a.post_hidden} if a.post_hidden else d
+    if a.post_hidden:
+        d["post_hidden"] = a.post_hidden
+    if a.train_hyper:
+        d["hyper"] = True
+    return d
 
 
 def _with_decoder(model, decoder: dict | None, s: dict | None):
@@ -100,6 +115,8 @@ def _with_decoder(model, decoder: dict | None, s: dict | None):
         model.g.load_state_dict(s["g"])
     if s is not None and s.get("post") is not None:
         model.post.load_state_dict(s["post"])
+    for name, sd in ((s or {}).get("hyper") or {}).items():
+        getattr(model, name).load_state_dict(sd)
     return model
 
 
@@ -107,8 +124,9 @@ def train(a) -> None:
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    if a.post_hidden and not a.train_g:
-        raise SystemExit("--post-hidden trains a decoder part: it needs --train-g")
+    for flag, on in (("--post-hidden", a.post_hidden), ("--train-hyper", a.train_hyper)):
+        if on and not a.train_g:
+            raise SystemExit(f"{flag} trains a decoder part: it needs --train-g")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     state = out / "h.pt"
@@ -129,6 +147,12 @@ def train(a) -> None:
             for p in model.post.parameters():
                 p.requires_grad_(True)
             groups.append({"params": list(model.post.parameters()), "lr": a.post_lr})
+    hyper = decoder is not None and bool(decoder.get("hyper"))
+    if hyper:  # the entropy model learns the distribution of h's y' (it was trained for y)
+        hp = [p for name in HYPER for p in getattr(model, name).parameters()]
+        for p in hp:
+            p.requires_grad_(True)
+        groups.append({"params": hp, "lr": a.hyper_lr})
     opt = torch.optim.Adam(groups)
     step = 0
     if s is not None:
@@ -146,7 +170,8 @@ def train(a) -> None:
         buf = io.BytesIO()
         torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": at, "hidden": hidden, "k_in": k_in,
                     "decoder": decoder, "g": model.g.state_dict() if decoder is not None else None,
-                    "post": model.post.state_dict() if model.cfg.has_post else None}, buf)
+                    "post": model.post.state_dict() if model.cfg.has_post else None,
+                    "hyper": {n: getattr(model, n).state_dict() for n in HYPER} if hyper else None}, buf)
         write_atomic(state, buf.getbuffer())
 
     rng = np.random.default_rng(a.seed + step)
@@ -161,14 +186,24 @@ def train(a) -> None:
         x = (torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255.0).to(dev)
         with torch.no_grad():
             y, z = model.analysis(x)
-            w_hat = torch.round(model.h_a(y))
+            w = model.h_a(y)
+            w_hat = torch.round(w)
+            n_px = x.shape[0] * x.shape[2] * x.shape[3]
+            w_bpp = w_rate(model, w, n_px)
             base, b_bpp, b_mse = objective(model, x, y, w_hat)
+            base = base + w_bpp
+        if hyper:  # w's bits count too: the prior and h_a learn
+            w = model.h_a(y)
+            w_hat = ste_round(w)
+            w_bpp = w_rate(model, w, n_px, a.rate)
         loss, bpp, mse = objective(model, x, h(y, z), w_hat, rate=a.rate)
+        loss = loss + w_bpp  # a constant unless the hyperprior learns
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         rec = {"step": step, "loss": loss.item(), "base": base.item(), "bpp": bpp.item(), "base_bpp": b_bpp.item(),
+               "w_bpp": w_bpp.item(),
                "psnr": -10 * math.log10(max(mse.item(), 1e-12)), "base_psnr": -10 * math.log10(max(b_mse.item(), 1e-12))}
         log.write(json.dumps(rec) + "\n")
         if step % 10 == 0:
@@ -180,6 +215,22 @@ def train(a) -> None:
     log.close()
 
 
+def _tabled_model(a, s: dict) -> Path:
+    """The model of train state ``s`` with its codec tables built as scripts/ship_models.py
+    builds them (same calibration), written as <out>/eval_model.safetensors."""
+    import tempfile
+
+    from ilc_export.export.tables_build import finalize_checkpoint
+    from ilc_reference.checkpoint import save_checkpoint
+    from ship_models import calib_folder
+
+    dst = Path(a.out) / "eval_model.safetensors"
+    save_checkpoint(_with_decoder(load_model(a.ckpt), s["decoder"], s), dst)
+    with tempfile.TemporaryDirectory() as tmp:
+        finalize_checkpoint(dst, calib_folder(Path(a.calib), 12, Path(tmp) / Path(a.calib).name))
+    return dst
+
+
 def evaluate(a) -> None:
     from ilc_export.pipeline.api import open_codec
     from ilc_export.pipeline.image_io import load_rgb
@@ -187,9 +238,12 @@ def evaluate(a) -> None:
 
     torch.set_num_threads(a.threads)
     s = torch.load(Path(a.out) / "h.pt", map_location="cpu")
-    codec = open_codec(a.ckpt, backend="torch", encoder_addon=False)  # h comes in through refine_fn only
-    if s.get("decoder") is not None:  # h was trained with g: decode with that g (the same tables)
-        codec.runner.model = _with_decoder(codec.runner.model, s["decoder"], s).eval()
+    if (s.get("decoder") or {}).get("hyper"):  # a new entropy model: new tables, so a real checkpoint
+        codec = open_codec(_tabled_model(a, s), backend="torch", encoder_addon=False)
+    else:
+        codec = open_codec(a.ckpt, backend="torch", encoder_addon=False)  # h comes in through refine_fn only
+        if s.get("decoder") is not None:  # h was trained with g: decode with that g (the same tables)
+            codec.runner.model = _with_decoder(codec.runner.model, s["decoder"], s).eval()
     model = codec.runner.model
     h = _h_of(s, model.cfg).eval()
 
@@ -400,6 +454,9 @@ def main(argv=None) -> None:
     t.add_argument("--post-hidden", type=int, default=0, help="with --train-g: add an image-domain post-filter "
                    "this wide after f^-1 (cfg.post_hidden; 0: none)")
     t.add_argument("--post-lr", type=float, default=1e-4, help="with --post-hidden: the post-filter's learning rate")
+    t.add_argument("--train-hyper", action="store_true", help="with --train-g: train the hyperprior too (h_a, "
+                   "its synthesis and the factorised prior; new tables), for h's y' and w's rate")
+    t.add_argument("--hyper-lr", type=float, default=2e-5, help="with --train-hyper: the hyperprior's learning rate")
     t.add_argument("--init-addon", default=None, help="start h from this encoder add-on (when --out has no h.pt; "
                    "same --hidden)")
     e = sub.add_parser("eval")
@@ -412,6 +469,8 @@ def main(argv=None) -> None:
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--keep-better", action="store_true", help="per tile, keep y where h does not lower the objective")
     e.add_argument("--tag", default="", help="suffix of eval.json (eval<tag>.json)")
+    e.add_argument("--calib", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "bsds500"),
+                   help="with a trained hyperprior: the calibration images of its tables (ship_models.py's)")
     e.add_argument("--plain", action="store_true", help="also encode each crop without h (bpp_0, psnr_0)")
     r = sub.add_parser("report")
     r.add_argument("evals", nargs="+", help="eval*.json of each quality")

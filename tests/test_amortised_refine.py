@@ -188,6 +188,25 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     assert shipped.cfg.post_hidden == 4 and torch.equal(shipped.post.net[6].weight, state["post"]["net.6.weight"])
     assert json.loads((post_run / "model.json").read_text())["info"]["decoder_finetune"]["post_hidden"] == 4
 
+    # with the hyperprior trained too: w's rate counts, eval builds the new tables, ship carries it
+    hyp_out, hyp_run = tmp_path / "hyper", tmp_path / "ship_hyper" / "ilc_q2"
+    hargs = [a if a != str(out) else str(hyp_out) for a in args]
+    amortised_refine.main(hargs + ["--train-hyper", "--hyper-lr", "1e-3", "--steps", "2"])
+    state = torch.load(hyp_out / "h.pt")
+    assert state["decoder"]["hyper"] is True and state["post"] is None
+    old = load_model(CKPT)
+    for name in ("h_a", "h_s_mean", "h_s_scale"):
+        assert not torch.equal(state["hyper"][name]["net.0.weight"], getattr(old, name).state_dict()["net.0.weight"])
+    log = [json.loads(r) for r in (hyp_out / "log.jsonl").read_text().splitlines()]
+    assert all(r["w_bpp"] > 0 for r in log)
+    amortised_refine.main(["eval", "--ckpt", str(CKPT), "--out", str(hyp_out), "--crops", str(crops), "--calib", str(data)])
+    assert json.loads((hyp_out / "eval.json").read_text())["rows"][0]["psnr"] > 15
+    assert model_id_of_file(hyp_out / "eval_model.safetensors") != model_id_of_file(CKPT)
+    amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(hyp_out), "--run", str(hyp_run)])
+    shipped = load_model(hyp_run / "model.safetensors")
+    for name, sd in state["hyper"].items():
+        assert all(torch.equal(v, getattr(shipped, name).state_dict()[k]) for k, v in sd.items())
+
 
 def test_gpu_side_job_trains_h_of_the_shipped_models_through_the_post_script(tmp_path):
     """gpu_side_amortised.sh links the shipped checkpoints as runs and hands them to

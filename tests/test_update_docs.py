@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import update_docs  # noqa: E402
 
-from ilc_export.verify.report import _budget_line  # noqa: E402
+from ilc_export.verify.report import _budget_line, finetune_parts  # noqa: E402
 
 
 def test_budget_label_equal_unequal_and_finetuned():
@@ -28,3 +28,10 @@ def test_budget_label_equal_unequal_and_finetuned():
     assert "2400 CPU steps of the ILC's g and the post-filter with h" in update_docs.budget_label(
         {"ilc-q2": post, "baseline-q2": same})
     assert "then 2400 steps of g and the post-filter with h (f frozen)" in _budget_line({"ilc-q2": post})
+
+
+def test_finetune_parts_names_what_was_trained():
+    assert finetune_parts({"steps": 3, "refine_y": True}) == "g"
+    assert finetune_parts({"post_hidden": 32}) == "g and the post-filter"
+    assert finetune_parts({"post_hidden": 32, "hyper": True}) == "g, the post-filter and the hyperprior"
+    assert finetune_parts({"hyper": True}) == "g and the hyperprior"

@@ -197,8 +197,14 @@ def training_budget() -> dict:
         if "decoder_finetune" in info:  # g trained further with the encoder add-on, the rest frozen
             tune = info["decoder_finetune"]
             out[card.stem]["decoder_finetune_steps"] = tune.get("steps")
-            out[card.stem]["decoder_finetune_parts"] = "g and the post-filter" if tune.get("post_hidden") else "g"
+            out[card.stem]["decoder_finetune_parts"] = finetune_parts(tune)
     return out
+
+
+def finetune_parts(tune: dict) -> str:
+    """What a card's ``decoder_finetune`` trained, in words: 'g', 'g and the post-filter', ..."""
+    parts = ["g"] + ["the post-filter"] * bool(tune.get("post_hidden")) + ["the hyperprior"] * bool(tune.get("hyper"))
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "g"
 
 
 def encoder_addons() -> dict:
