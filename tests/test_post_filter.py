@@ -121,3 +121,21 @@ def test_codec_round_trip_on_both_backends(tmp_path):
     a, _ = open_codec(path, backend="torch").decompress(data)
     b, _ = open_codec(onnx_dir, backend="onnxruntime").decompress(data)
     assert a.shape == img.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_tensorrt_rtx_builds_the_inverse_graph_with_the_filter(tmp_path):
+    """The filter's ops (strided conv, transposed conv) build at fp32 and fp16 for SM86/SM89
+    (CPU-only AOT; the engines are not executed here)."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu12 is not installed: TensorRT builds not tested")
+    from ilc_export.export import trt_build as tb
+    from ilc_export.export.onnx_export import export_onnx
+
+    withp = add_post_filter(_model(), 6).eval()
+    randomize(withp.post, 0.05)
+    onnx_dir = export_onnx(save_checkpoint(withp, tmp_path / "post"), tmp_path / "onnx", fp16=True)
+    for fp16 in (False, True):
+        m = tb.build_engines(onnx_dir, tmp_path / f"eng-{fp16}", fp16=fp16, compute_capabilities=("SM86", "SM89"),
+                             flavour="tensorrt_rtx", graphs=["inverse"], min_shape="64x64", opt_shape="128x128",
+                             max_shape="1x256x256")
+        engines = json.loads(m.read_text())["engines"]
+        assert any("inverse" in json.dumps(e) for e in (engines.values() if isinstance(engines, dict) else engines))
