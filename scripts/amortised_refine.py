@@ -132,7 +132,10 @@ def train(a) -> None:
     state = out / "h.pt"
     s = torch.load(state, map_location=dev) if state.exists() else None
     decoder = s["decoder"] if s is not None else _decoder_arg(a)
-    model = _with_decoder(load_model(a.ckpt), decoder, s).eval().to(dev)
+    try:
+        model = _with_decoder(load_model(a.ckpt), decoder, s).eval().to(dev)
+    except ValueError as e:  # e.g. a post-filter of another width than the model's own
+        raise SystemExit(f"{a.ckpt}: {e}") from None
     for p in model.parameters():
         p.requires_grad_(False)
     y_ch, z_ch = model.cfg.latent_channels, model.cfg.z_channels

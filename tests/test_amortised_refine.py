@@ -3,6 +3,7 @@ decode with the plain decoder."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -158,7 +159,8 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     cfg = read_config(run / "model.safetensors")
     assert cfg.g_refine_y and cfg.g_hidden == read_config(CKPT).g_hidden
     new, old = load_file(str(run / "model.safetensors")), load_file(str(CKPT))
-    assert all(torch.equal(new[k], old[k]) for k in new if not k.startswith("g."))  # f and the hyperprior unchanged
+    decoder_parts = ("g.", "post.")  # g and, where the model has one, the post-filter learn
+    assert all(torch.equal(new[k], old[k]) for k in new if not k.startswith(decoder_parts))  # f, hyperprior unchanged
     assert torch.equal(new["g.net.4.weight"], state["g"]["net.4.weight"])
     info = json.loads((run / "model.json").read_text())["info"]
     prev = json.loads(CKPT.with_suffix(".json").read_text())["info"]["decoder_finetune"]  # the shipped model's own
@@ -180,10 +182,26 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     with pytest.raises(SystemExit, match="needs --train-g"):
         amortised_refine.main(pargs[:11] + ["--post-hidden", "4", "--steps", "1"])
     assert not post_out.exists()
+    shipped_post = read_config(CKPT).post_hidden
+    if shipped_post:  # the shipped model has a filter of its own: another width is refused in one line
+        with pytest.raises(SystemExit, match=f"{shipped_post} wide, not 4"):
+            amortised_refine.main(pargs + ["--post-hidden", "4", "--steps", "1"])
+        shutil.rmtree(post_out)
+    # added to a model without one (the shipped model, its filter dropped): starts at zero, learns
+    import dataclasses
+
+    from ilc_reference.checkpoint import save_checkpoint
+    from ilc_reference.model import build_model
+
+    full = load_model(CKPT)
+    bare = build_model(dataclasses.replace(full.cfg, post_hidden=0))
+    bare.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("post.")})
+    bare_ckpt = save_checkpoint(bare, tmp_path / "bare" / "ilc-q2")
+    pargs[pargs.index(str(CKPT))] = str(bare_ckpt)
     amortised_refine.main(pargs + ["--post-hidden", "4", "--post-lr", "1e-3", "--steps", "2"])
     state = torch.load(post_out / "h.pt")
     assert state["decoder"]["post_hidden"] == 4 and state["post"]["net.6.weight"].abs().sum() > 0  # left zero
-    amortised_refine.main(["ship", "--ckpt", str(CKPT), "--out", str(post_out), "--run", str(post_run)])
+    amortised_refine.main(["ship", "--ckpt", str(bare_ckpt), "--out", str(post_out), "--run", str(post_run)])
     shipped = load_model(post_run / "model.safetensors")
     assert shipped.cfg.post_hidden == 4 and torch.equal(shipped.post.net[6].weight, state["post"]["net.6.weight"])
     assert json.loads((post_run / "model.json").read_text())["info"]["decoder_finetune"]["post_hidden"] == 4
@@ -193,7 +211,7 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     hargs = [a if a != str(out) else str(hyp_out) for a in args]
     amortised_refine.main(hargs + ["--train-hyper", "--hyper-lr", "1e-3", "--steps", "2"])
     state = torch.load(hyp_out / "h.pt")
-    assert state["decoder"]["hyper"] is True and state["post"] is None
+    assert state["decoder"]["hyper"] is True and (state["post"] is None) == (not read_config(CKPT).post_hidden)
     old = load_model(CKPT)
     for name in ("h_a", "h_s_mean", "h_s_scale"):
         assert not torch.equal(state["hyper"][name]["net.0.weight"], getattr(old, name).state_dict()["net.0.weight"])
