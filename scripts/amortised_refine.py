@@ -380,19 +380,20 @@ def _run_model(a) -> Path:
 
 def _write_run(a, s: dict, dst: Path) -> None:
     """Write the model with the g of train state ``s`` to ``dst`` (see ``_run_model``)."""
+    from ilc_export.contract.model_id import model_id_of_file
     from ilc_reference.checkpoint import save_checkpoint
 
     src = Path(a.ckpt)
     info = json.loads(src.with_suffix(".json").read_text()).get("info", {}) if src.with_suffix(".json").exists() else {}
     info = {k: v for k, v in info.items() if k != "shipped_from"}
-    from ilc_export.contract.model_id import model_id_of_file
-
+    model = _with_decoder(load_model(src), s["decoder"], s)
     stage = {"from": src.name, "from_id": model_id_of_file(src), "steps": int(s["step"]), **s["decoder"],
              "trained": "scripts/amortised_refine.py train --train-g (f and the hyperprior frozen)"}
+    if model.cfg.has_post:  # trained with g whether added now or already the model's own
+        stage["post_hidden"] = model.cfg.post_hidden
     prev = info.get("decoder_finetune")  # a fine-tuned model fine-tuned again: steps add up, stages are kept
     info["decoder_finetune"] = stage if prev is None else {
         **stage, "steps": int(prev["steps"]) + stage["steps"], "stages": prev.get("stages", [prev]) + [stage]}
-    model = _with_decoder(load_model(src), s["decoder"], s)
     save_checkpoint(model, dst, info=info)
     parts = "g" + (" + y head" if s["decoder"]["refine_y"] else "") + (" + post-filter" if model.cfg.has_post else "")
     print(f"wrote {dst} ({parts} after {s['step']} steps); "
@@ -456,7 +457,8 @@ def main(argv=None) -> None:
                    "are scaled by g_lr_scale)")
     t.add_argument("--post-hidden", type=int, default=0, help="with --train-g: add an image-domain post-filter "
                    "this wide after f^-1 (cfg.post_hidden; 0: none)")
-    t.add_argument("--post-lr", type=float, default=1e-4, help="with --post-hidden: the post-filter's learning rate")
+    t.add_argument("--post-lr", type=float, default=1e-3, help="the post-filter's learning rate (added with "
+                   "--post-hidden or the model's own)")
     t.add_argument("--train-hyper", action="store_true", help="with --train-g: train the hyperprior too (h_a, "
                    "its synthesis and the factorised prior; new tables), for h's y' and w's rate")
     t.add_argument("--hyper-lr", type=float, default=2e-5, help="with --train-hyper: the hyperprior's learning rate")

@@ -165,6 +165,7 @@ def test_train_g_with_h_makes_a_new_decoder_as_a_run(tmp_path):
     info = json.loads((run / "model.json").read_text())["info"]
     prev = json.loads(CKPT.with_suffix(".json").read_text())["info"]["decoder_finetune"]  # the shipped model's own
     tune = info["decoder_finetune"]
+    assert tune.get("post_hidden") == (read_config(CKPT).post_hidden or None)  # a filter of its own trained too
     assert tune["steps"] == prev["steps"] + 3 and tune["stages"][-1]["steps"] == 3 and "shipped_from" not in info
     assert tune["stages"][-1]["from_id"] == model_id_of_file(CKPT)
     assert (run / "model.encoder.safetensors").is_file()
