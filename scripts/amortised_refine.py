@@ -225,12 +225,13 @@ def _tabled_model(a, s: dict) -> Path:
 
     from ilc_export.export.tables_build import finalize_checkpoint
     from ilc_reference.checkpoint import save_checkpoint
-    from ship_models import calib_folder
+    from ship_models import CALIB_COUNT, CALIB_DIR, calib_folder
 
+    calib = Path(a.calib) if a.calib else CALIB_DIR
     dst = Path(a.out) / "eval_model.safetensors"
     save_checkpoint(_with_decoder(load_model(a.ckpt), s["decoder"], s), dst)
     with tempfile.TemporaryDirectory() as tmp:
-        finalize_checkpoint(dst, calib_folder(Path(a.calib), 12, Path(tmp) / Path(a.calib).name))
+        finalize_checkpoint(dst, calib_folder(calib, CALIB_COUNT, Path(tmp) / calib.name))
     return dst
 
 
@@ -474,8 +475,8 @@ def main(argv=None) -> None:
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--keep-better", action="store_true", help="per tile, keep y where h does not lower the objective")
     e.add_argument("--tag", default="", help="suffix of eval.json (eval<tag>.json)")
-    e.add_argument("--calib", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "bsds500"),
-                   help="with a trained hyperprior: the calibration images of its tables (ship_models.py's)")
+    e.add_argument("--calib", default=None, help="with a trained hyperprior: the calibration images of its "
+                   "tables (default: ship_models.py's)")
     e.add_argument("--plain", action="store_true", help="also encode each crop without h (bpp_0, psnr_0)")
     r = sub.add_parser("report")
     r.add_argument("evals", nargs="+", help="eval*.json of each quality")

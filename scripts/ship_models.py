@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the training images the shipped tables are calibrated on, and how many of them
+CALIB_DIR = ROOT.parent / "shared" / "data" / "train" / "bsds500"
+CALIB_COUNT = 12
 
 
 def calib_folder(src: Path, n: int, dst: Path) -> Path:
@@ -31,8 +34,8 @@ def main():
 
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--calib", type=Path, default=ROOT.parent / "shared" / "data" / "train" / "bsds500")
-    ap.add_argument("--calib-count", type=int, default=12)
+    ap.add_argument("--calib", type=Path, default=CALIB_DIR)
+    ap.add_argument("--calib-count", type=int, default=CALIB_COUNT)
     args = ap.parse_args()
     torch.set_num_threads(2)
     out_dir = ROOT / "reference" / "ilc_reference" / "checkpoints"
