@@ -134,7 +134,7 @@ def train(a) -> None:
     decoder = s["decoder"] if s is not None else _decoder_arg(a)
     try:
         model = _with_decoder(load_model(a.ckpt), decoder, s).eval().to(dev)
-    except ValueError as e:  # e.g. a post-filter of another width than the model's own
+    except ValueError as e:  # e.g. a post-filter narrower than the model's own
         raise SystemExit(f"{a.ckpt}: {e}") from None
     for p in model.parameters():
         p.requires_grad_(False)
@@ -457,7 +457,7 @@ def main(argv=None) -> None:
     t.add_argument("--g-lr", type=float, default=2e-5, help="with --train-g: g's learning rate (its stored weights "
                    "are scaled by g_lr_scale)")
     t.add_argument("--post-hidden", type=int, default=0, help="with --train-g: add an image-domain post-filter "
-                   "this wide after f^-1 (cfg.post_hidden; 0: none)")
+                   "this wide after f^-1, or widen the model's own to it (cfg.post_hidden; 0: none)")
     t.add_argument("--post-lr", type=float, default=1e-3, help="the post-filter's learning rate (added with "
                    "--post-hidden or the model's own)")
     t.add_argument("--train-hyper", action="store_true", help="with --train-g: train the hyperprior too (h_a, "

@@ -48,10 +48,29 @@ def test_added_filter_decodes_exactly_as_before(z_model):
         x = torch.rand(1, 3, 64, 64)
         assert torch.equal(withp.f.inverse(*withp.f(x)), model.f.inverse(*model.f(x)))  # f untouched and exact
     assert add_post_filter(withp, 6) is withp
-    with pytest.raises(ValueError, match="6 wide, not 8"):
-        add_post_filter(withp, 8)
+    with pytest.raises(ValueError, match="6 wide; it can widen, not narrow to 4"):
+        add_post_filter(withp, 4)
     with pytest.raises(ValueError, match="for the ILC"):
         add_post_filter(build_model(tiny_config("baseline")), 6)
+
+
+def test_widened_filter_decodes_exactly_as_before_and_its_new_units_learn():
+    withp = add_post_filter(_model(), 6).eval()
+    randomize(withp.post, 0.05)
+    wide = add_post_filter(withp, 10).eval()
+    assert wide.cfg.post_hidden == 10 and withp.cfg.post_hidden == 6
+    sd, wd = withp.state_dict(), wide.state_dict()
+    assert all(torch.equal(sd[k], wd[k]) for k in sd if not k.startswith("post."))
+    y, z = _latents(withp)
+    with torch.no_grad():
+        assert torch.allclose(wide.synthesis(y, z), withp.synthesis(y, z), atol=1e-6)
+        assert wide.post.net[0].weight[6:].abs().sum() > 0  # the new units see the image ...
+    assert wide.post.net[6].weight[6:].abs().sum() == 0  # ... and feed nothing yet
+    wide.train()
+    x = torch.rand(2, 3, 64, 64)
+    loss, _ = wide.loss(x, wide(x))
+    loss.backward()
+    assert wide.post.net[6].weight.grad[6:].abs().sum() > 0  # the new units' outgoing weights learn
 
 
 def test_config_and_model_id(tmp_path):

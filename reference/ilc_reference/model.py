@@ -309,18 +309,33 @@ def grow_g(model: ILC, hidden: int | None = None, refine_y: bool = False) -> ILC
 
 def add_post_filter(model: ILC, hidden: int) -> ILC:
     """A copy of an ILC with an image-domain post-filter ``hidden`` wide (``cfg.post_hidden``)
-    that decodes exactly as before: the filter's output layer starts at zero. A model that has
-    one keeps it (same width only); everything else is copied unchanged."""
+    that decodes exactly as before: a new filter's output layer starts at zero, and a narrower
+    filter of the model's own is widened with units that feed nothing yet (its weights copied,
+    the new units' inputs random, their outgoing weights zero). A filter is never narrowed;
+    everything else is copied unchanged."""
     import dataclasses
 
     old = model.cfg
     if old.kind != "ilc":
         raise ValueError(f"{old.name}: a post-filter is for the ILC, not {old.kind!r}")
-    if old.has_post:
-        if hidden != old.post_hidden:
-            raise ValueError(f"{old.name}: has a post-filter {old.post_hidden} wide, not {hidden}")
+    if old.has_post and hidden == old.post_hidden:
         return model
+    if old.has_post and hidden < old.post_hidden:
+        raise ValueError(f"{old.name}: has a post-filter {old.post_hidden} wide; it can widen, not narrow to {hidden}")
     new = build_model(dataclasses.replace(old, post_hidden=hidden))
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    missing, unexpected = new.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("post.")}, strict=False)
     assert not unexpected and all(k.startswith("post.") for k in missing), (missing, unexpected)
+    if old.has_post:
+        oh, src, dst = old.post_hidden, model.post.net, new.post.net
+        with torch.no_grad():
+            dst[0].weight[:oh] = src[0].weight  # the new units keep their random inputs ...
+            dst[0].bias[:oh] = src[0].bias
+            for i in (2, 4):
+                dst[i].weight[:, oh:] = 0  # ... and feed nothing yet
+                dst[i].weight[:oh, :oh] = src[i].weight
+                dst[i].bias[:oh] = src[i].bias
+            dst[6].weight.zero_()
+            dst[6].weight[:oh] = src[6].weight
+            dst[6].bias.copy_(src[6].bias)
     return new.train(model.training)
