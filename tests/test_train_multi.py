@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ilc_reference import bundle, multitrain
-from ilc_reference.config import tiny_config
+from ilc_reference.config import ModelConfig, tiny_config
 from ilc_reference.trainstate import INDEX, load_state, read_index, save_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,9 +409,66 @@ def test_lr_end_decays_cosine_over_the_window_and_only_with_a_deadline(tmp_path)
     plain.close()
 
 
+def test_post_filter_learns_at_its_own_lr_multiple_which_decays_and_resumes(tmp_path):
+    from ilc_reference.train import Trainer, build_parser
+
+    data = _images(tmp_path / "imgs")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(ModelConfig.from_dict({**json.loads(tiny_config().to_json()), "post_hidden": 4}).to_json())
+    base = ["--data", str(data), "--config", str(cfg), "--crop", "64", "--batch", "1", "--pixels", "0", "--threads", "1",
+            "--quiet", "--lr", "1e-4", "--out", str(tmp_path / "a"), "--ckpt-every", "1"]
+    tr = Trainer(build_parser().parse_args([*base, "--lr-mult", "post=10", "prior=2"]))
+    rest, post, prior = tr.opt.param_groups
+    assert {id(p) for p in post["params"]} == {id(p) for p in tr.model.post.parameters()}
+    assert len(rest["params"]) + len(post["params"]) + len(prior["params"]) == len(list(tr.model.parameters()))
+    assert rest["lr"] == pytest.approx(1e-4) and post["lr"] == pytest.approx(1e-3) and prior["lr"] == pytest.approx(2e-4)
+    before = [p.detach().clone() for p in tr.model.post.parameters()]
+    tr.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.post.parameters()))  # the filter trains
+    tr.save()
+    tr.close()
+    again = Trainer(build_parser().parse_args([*base, "--lr-mult", "post=3", "prior=2", "--lr-end", "1e-6"]))
+    assert again.step_no == 1  # resumed; the flag, not the state, sets the multiple
+    assert again.opt.param_groups[1]["lr"] == pytest.approx(3e-4)
+    again.set_lr_window(time.time() - 30, time.time() + 30)
+    again.step()
+    rest, post, _ = again.opt.param_groups
+    assert post["lr"] == pytest.approx(3 * rest["lr"]) and rest["lr"] < 1e-4
+    again.close()
+    with pytest.raises(SystemExit, match="other lr groups"):  # a state resumes with its own groups only
+        Trainer(build_parser().parse_args([*base, "--lr-mult", "post=3"]))
+    with pytest.raises(SystemExit, match="MODULE=FACTOR"):
+        Trainer(build_parser().parse_args([*base[:-4], "--out", str(tmp_path / "b"), "--lr-mult", "post"]))
+    # a module the model lacks (a plan's defaults serve the baseline too) is noted, not an error
+    odd = Trainer(build_parser().parse_args([*base[:-4], "--out", str(tmp_path / "c"), "--lr-mult", "nope=2"]))
+    assert len(odd.opt.param_groups) == 1 and any("nope" in n for n in odd.notes)
+    odd.close()
+
+
+def test_warmup_ramps_the_lr_by_step_and_resumes_on_the_ramp(tmp_path):
+    from ilc_reference.train import Trainer, build_parser
+
+    data = _images(tmp_path / "imgs")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(tiny_config().to_json())
+    base = ["--data", str(data), "--config", str(cfg), "--crop", "64", "--batch", "1", "--pixels", "0", "--threads", "1",
+            "--quiet", "--lr", "1e-3", "--warmup-steps", "4", "--ckpt-every", "1"]
+    tr = Trainer(build_parser().parse_args([*base, "--out", str(tmp_path / "a")]))
+    lrs = []
+    for _ in range(2):
+        lrs.append(tr.step()["lr"])
+    tr.save()
+    tr.close()
+    tr = Trainer(build_parser().parse_args([*base, "--out", str(tmp_path / "a")]))
+    for _ in range(2):
+        lrs.append(tr.step()["lr"])
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert "lr" not in tr.step() and tr.opt.param_groups[0]["lr"] == 1e-3  # past the ramp
+    tr.close()
+
+
 def test_init_partial_keeps_fresh_modules_and_refuses_foreign_weights(tmp_path):
     from ilc_reference.checkpoint import save_checkpoint
-    from ilc_reference.config import ModelConfig
     from ilc_reference.model import build_model
     from ilc_reference.train import Trainer, build_parser
 
