@@ -157,6 +157,7 @@ def train(a) -> None:
             p.requires_grad_(True)
         groups.append({"params": hp, "lr": a.hyper_lr})
     opt = torch.optim.Adam(groups)
+    base_lrs = [g["lr"] for g in groups]
     step = 0
     if s is not None:
         h.load_state_dict(s["h"])
@@ -203,6 +204,9 @@ def train(a) -> None:
         loss = loss + w_bpp  # a constant unless the hyperprior learns
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if step < a.warmup_steps:  # a fresh Adam moves every weight by about the lr at first
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * (step + 1) / a.warmup_steps
         opt.step()
         step += 1
         rec = {"step": step, "loss": loss.item(), "base": base.item(), "bpp": bpp.item(), "base_bpp": b_bpp.item(),
@@ -458,6 +462,8 @@ def main(argv=None) -> None:
                    "are scaled by g_lr_scale)")
     t.add_argument("--post-hidden", type=int, default=0, help="with --train-g: add an image-domain post-filter "
                    "this wide after f^-1, or widen the model's own to it (cfg.post_hidden; 0: none)")
+    t.add_argument("--warmup-steps", type=int, default=20, help="ramp every lr up linearly over the first N "
+                   "steps of this run (counted from its step 0, so a resumed run past N is unaffected)")
     t.add_argument("--post-lr", type=float, default=1e-3, help="the post-filter's learning rate (added with "
                    "--post-hidden or the model's own)")
     t.add_argument("--train-hyper", action="store_true", help="with --train-g: train the hyperprior too (h_a, "
