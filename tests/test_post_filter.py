@@ -1,4 +1,5 @@
-"""The ILC's optional image-domain post-filter (``cfg.post_hidden``): x_hat = p(f^-1(.)).
+"""The optional image-domain post-filter (``cfg.post_hidden``): x_hat = p(f^-1(.)) for the ILC,
+p(g_s(.)) for the baseline.
 
 It lives in the inverse graph only: a fresh filter decodes exactly as before, the forward graph,
 the tables and the bitstream are untouched, f stays exactly invertible, and the model id moves.
@@ -50,8 +51,38 @@ def test_added_filter_decodes_exactly_as_before(z_model):
     assert add_post_filter(withp, 6) is withp
     with pytest.raises(ValueError, match="6 wide; it can widen, not narrow to 4"):
         add_post_filter(withp, 4)
-    with pytest.raises(ValueError, match="for the ILC"):
-        add_post_filter(build_model(tiny_config("baseline")), 6)
+
+
+def test_baseline_takes_the_same_filter_after_its_synthesis(tmp_path):
+    """The baseline gets the same decoder part (an equal-budget comparison needs it): added, it
+    decodes exactly as before, it learns, and its inverse graph on ONNX Runtime runs it."""
+    torch.manual_seed(0)
+    base = randomize(build_model(tiny_config("baseline")), scale=0.05, seed=0).eval()
+    withp = add_post_filter(base, 6).eval()
+    assert withp.cfg.has_post and withp.cfg.kind == "baseline"
+    y = torch.randn(1, base.cfg.latent_channels, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(withp.synthesis(y), base.synthesis(y))
+    withp.train()
+    x = torch.rand(2, 3, 64, 64)
+    withp.loss(x, withp(x))[0].backward()
+    assert withp.post.net[6].weight.grad.abs().sum() > 0
+    withp.eval()
+    randomize(withp.post, 0.05)
+    path = save_checkpoint(withp, tmp_path / "base-post")
+    assert load_model(path).cfg.post_hidden == 6
+    ort = pytest.importorskip("onnxruntime")
+    from ilc_export.export.onnx_export import export_onnx
+    from ilc_export.export.tables_build import finalize_checkpoint
+
+    finalize_checkpoint(path)
+    onnx_dir = export_onnx(path, tmp_path / "base-post-onnx")
+    with torch.no_grad():
+        want, before = withp.synthesis(y).numpy(), base.synthesis(y).numpy()
+    sess = ort.InferenceSession(str(onnx_dir / "inverse.onnx"), providers=["CPUExecutionProvider"])
+    feed = {i.name: (y.numpy() if i.name == "y_hat" else np.zeros((1, 0, 4, 4), np.float32)) for i in sess.get_inputs()}
+    got = sess.run(None, feed)[0]
+    assert np.abs(got - want).max() < 1e-4 and np.abs(got - before).max() > 1e-3
 
 
 def test_widened_filter_decodes_exactly_as_before_and_its_new_units_learn():

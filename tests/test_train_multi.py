@@ -445,6 +445,32 @@ def test_post_filter_learns_at_its_own_lr_multiple_which_decays_and_resumes(tmp_
     odd.close()
 
 
+def test_a_trained_baseline_gets_a_post_filter_that_starts_as_the_identity(tmp_path):
+    from ilc_reference.checkpoint import save_checkpoint
+    from ilc_reference.model import build_model
+    from ilc_reference.train import Trainer, build_parser
+
+    data = _images(tmp_path / "imgs")
+    base_cfg = tiny_config("baseline")
+    torch.manual_seed(3)
+    plain = build_model(base_cfg).eval()
+    init = save_checkpoint(plain, tmp_path / "init")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(base_cfg.to_json())
+    tr = Trainer(build_parser().parse_args(["--data", str(data), "--kind", "baseline", "--config", str(cfg), "--crop", "64",
+                                            "--batch", "1", "--pixels", "0", "--threads", "1", "--quiet", "--init", str(init),
+                                            "--init-partial", "--post-hidden", "4", "--lr-mult", "post=10",
+                                            "--out", str(tmp_path / "a")]))
+    assert tr.cfg.post_hidden == 4 and any("fresh" in n and "post" in n for n in tr.notes)
+    y = torch.randn(1, base_cfg.latent_channels, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(tr.model.eval().synthesis(y), plain.synthesis(y))
+    tr.model.train()
+    tr.step()
+    assert tr.model.post.net[6].weight.abs().sum() > 0
+    tr.close()
+
+
 def test_warmup_ramps_the_lr_by_step_and_resumes_on_the_ramp(tmp_path):
     from ilc_reference.train import Trainer, build_parser
 

@@ -34,7 +34,7 @@ class ModelConfig:
     g_hidden: int = 64  # width of g's two hidden 3x3 convs (at H/16)
     g_lr_scale: float = 1.0  # g's weights are stored divided by this (equalised-lr style): Adam moves g this much faster
     g_refine_y: bool = False  # g also predicts a correction of y_hat's quantisation error: f^-1(y_hat + r(y_hat), z_hat)
-    post_hidden: int = 0  # width of the image-domain post-filter after f^-1 (0: none)
+    post_hidden: int = 0  # width of the image-domain post-filter after the synthesis (f^-1 or g_s; 0: none)
 
     @property
     def total_channels(self) -> int:
@@ -50,7 +50,7 @@ class ModelConfig:
 
     @property
     def has_post(self) -> bool:
-        return self.kind == "ilc" and self.post_hidden > 0
+        return self.post_hidden > 0
 
     def to_dict(self) -> dict:
         """Fields as a dict; optional fields at their default value are left out."""

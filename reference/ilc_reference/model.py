@@ -80,7 +80,8 @@ class ZPredictor(nn.Module):
 
 
 class PostFilter(nn.Module):
-    """p: x -> x + p(x), a residual image-domain filter after f^-1 (``cfg.post_hidden`` wide).
+    """p: x -> x + p(x), a residual image-domain filter after the synthesis (``cfg.post_hidden``
+    wide): the ILC's f^-1, or the baseline's g_s (so that both can get the same decoder).
 
     f^-1 turns y_hat's quantisation error into structured artefacts that neither f (shared with
     the encoder) nor g (at H/16) can undo; p works at H/2: a stride-2 2x2 conv in, two 3x3
@@ -257,12 +258,15 @@ class Baseline(_Codec):
         self.g_s = nn.Sequential(
             _up(m, n), GDN(n, True), _up(n, n), GDN(n, True), _up(n, n), GDN(n, True), _up(n, 3)
         )
+        if cfg.has_post:
+            self.post = PostFilter(cfg)
 
     def analysis(self, x):
         return self.g_a(x), None
 
     def synthesis(self, y_hat, z=None):
-        return self.g_s(y_hat)
+        x = self.g_s(y_hat)
+        return self.post(x) if self.cfg.has_post else x
 
     def zeros_z(self, y):
         b, _, h, w = y.shape
@@ -307,8 +311,8 @@ def grow_g(model: ILC, hidden: int | None = None, refine_y: bool = False) -> ILC
     return new.train(model.training)
 
 
-def add_post_filter(model: ILC, hidden: int) -> ILC:
-    """A copy of an ILC with an image-domain post-filter ``hidden`` wide (``cfg.post_hidden``)
+def add_post_filter(model: _Codec, hidden: int) -> _Codec:
+    """A copy of a model (ILC or baseline) with an image-domain post-filter ``hidden`` wide (``cfg.post_hidden``)
     that decodes exactly as before: a new filter's output layer starts at zero, and a narrower
     filter of the model's own is widened with units that feed nothing yet (its weights copied,
     the new units' inputs random, their outgoing weights zero). A filter is never narrowed;
@@ -316,8 +320,6 @@ def add_post_filter(model: ILC, hidden: int) -> ILC:
     import dataclasses
 
     old = model.cfg
-    if old.kind != "ilc":
-        raise ValueError(f"{old.name}: a post-filter is for the ILC, not {old.kind!r}")
     if old.has_post and hidden == old.post_hidden:
         return model
     if old.has_post and hidden < old.post_hidden:

@@ -153,6 +153,8 @@ class Trainer:
             cfg = ModelConfig.from_dict({**base, "kind": args.kind, "name": args.name or self.out.name})
             if args.lmbda is not None:
                 cfg.lmbda = args.lmbda
+            if args.post_hidden is not None:
+                cfg.post_hidden = args.post_hidden
         self.cfg = cfg
         torch.manual_seed(args.seed)  # initial weights depend only on the seed
         self.model = build_model(cfg).to(self.device)
@@ -508,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train these top-level modules at F times the lr (e.g. post=10 g=0.1)")
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="ramp the lr up linearly over the first N steps (from a trained model: no jolt)")
+    p.add_argument("--post-hidden", type=int, default=None,
+                   help="give the model an image-domain post-filter this wide (cfg.post_hidden; from an "
+                        "--init without one: with --init-partial, the filter starts as the identity)")
     p.add_argument("--init-partial", action="store_true",
                    help="--init may lack whole modules of this model (they keep their fresh init)")
     p.add_argument("--seed", type=int, default=0)
