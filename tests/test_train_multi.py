@@ -438,6 +438,8 @@ def test_post_filter_learns_at_its_own_lr_multiple_which_decays_and_resumes(tmp_
     with pytest.raises(SystemExit, match="other lr groups"):  # a state resumes with its own groups only
         Trainer(build_parser().parse_args([*base, "--lr-mult", "post=3"]))
     with pytest.raises(SystemExit, match="MODULE=FACTOR"):
+        Trainer(build_parser().parse_args([*base[:-4], "--out", str(tmp_path / "b"), "--lr-mult", "post=-1"]))
+    with pytest.raises(SystemExit, match="MODULE=FACTOR"):
         Trainer(build_parser().parse_args([*base[:-4], "--out", str(tmp_path / "b"), "--lr-mult", "post"]))
     # a module the model lacks (a plan's defaults serve the baseline too) is noted, not an error
     odd = Trainer(build_parser().parse_args([*base[:-4], "--out", str(tmp_path / "c"), "--lr-mult", "nope=2"]))
@@ -459,15 +461,21 @@ def test_a_trained_baseline_gets_a_post_filter_that_starts_as_the_identity(tmp_p
     cfg.write_text(base_cfg.to_json())
     tr = Trainer(build_parser().parse_args(["--data", str(data), "--kind", "baseline", "--config", str(cfg), "--crop", "64",
                                             "--batch", "1", "--pixels", "0", "--threads", "1", "--quiet", "--init", str(init),
-                                            "--init-partial", "--post-hidden", "4", "--lr-mult", "post=10",
-                                            "--out", str(tmp_path / "a")]))
+                                            "--init-partial", "--post-hidden", "4", "--lr-mult", "post=10", "g_a=0",
+                                            "h_a=0", "--out", str(tmp_path / "a")]))
     assert tr.cfg.post_hidden == 4 and any("fresh" in n and "post" in n for n in tr.notes)
+    assert "frozen: g_a, h_a" in tr.notes
+    in_opt = {id(p) for g in tr.opt.param_groups for p in g["params"]}
+    assert not any(id(p) in in_opt or p.requires_grad for p in [*tr.model.g_a.parameters(), *tr.model.h_a.parameters()])
     y = torch.randn(1, base_cfg.latent_channels, 4, 4)
     with torch.no_grad():
         assert torch.equal(tr.model.eval().synthesis(y), plain.synthesis(y))
     tr.model.train()
+    enc = {k: v.clone() for k, v in tr.model.g_a.state_dict().items()}
+    dec = tr.model.g_s[0].weight.detach().clone()
     tr.step()
-    assert tr.model.post.net[6].weight.abs().sum() > 0
+    assert tr.model.post.net[6].weight.abs().sum() > 0 and not torch.equal(tr.model.g_s[0].weight, dec)
+    assert all(torch.equal(v, tr.model.g_a.state_dict()[k]) for k, v in enc.items())  # the frozen encoder
     tr.close()
 
 

@@ -267,8 +267,8 @@ class Trainer:
     def _make_optimizer(self):
         """Adam over every weight; each module named in --lr-mult is a group of its own whose lr
         is that multiple of the rest's (e.g. a small image-domain post-filter learns faster than
-        f; a g stored scaled by g_lr_scale, slower). Modules this model lacks are noted, not an
-        error: a plan's defaults serve the ILC and the baseline alike."""
+        f; a g stored scaled by g_lr_scale, slower; 0 freezes a module). Modules this model lacks
+        are noted, not an error: a plan's defaults serve the ILC and the baseline alike."""
         kw = {}
         if self.args.fused_adam:
             kw["fused"] = True
@@ -277,7 +277,13 @@ class Trainer:
         own = {n: m for n, m in mults.items() if n in mods}
         if set(mults) - set(own):
             self.notes.append(f"--lr-mult: not in this model: {', '.join(sorted(set(mults) - set(own)))}")
-        params = list(self.model.parameters())
+        frozen = sorted(n for n, f in own.items() if f == 0)
+        for n in frozen:  # a multiple of 0 freezes the module: no gradients, not in the optimiser
+            mods[n].requires_grad_(False)
+            del own[n]
+        if frozen:
+            self.notes.append(f"frozen: {', '.join(frozen)}")
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if own:
             sep = {id(p) for n in own for p in mods[n].parameters()}
             params = [{"params": [p for p in params if id(p) not in sep]}] + [
@@ -482,9 +488,9 @@ def lr_mults(specs: list[str]) -> dict[str, float]:
         try:
             out[name] = float(f)
         except ValueError:
-            out[name] = 0.0
-        if not name or not out[name] > 0:
-            raise SystemExit(f"--lr-mult {spec!r}: expected MODULE=FACTOR with a positive factor, e.g. post=10")
+            out[name] = -1.0
+        if not name or not out[name] >= 0:
+            raise SystemExit(f"--lr-mult {spec!r}: expected MODULE=FACTOR with a factor >= 0 (0 freezes), e.g. post=10")
     return out
 
 
@@ -507,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-end", type=float, default=None,
                    help="decay the lr (cosine) to this by the deadline / --max-minutes (needs one of them)")
     p.add_argument("--lr-mult", nargs="*", default=[], metavar="MODULE=F",
-                   help="train these top-level modules at F times the lr (e.g. post=10 g=0.1)")
+                   help="train these top-level modules at F times the lr (e.g. post=10 g=0.1; 0 freezes one)")
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="ramp the lr up linearly over the first N steps (from a trained model: no jolt)")
     p.add_argument("--post-hidden", type=int, default=None,
