@@ -127,6 +127,8 @@ def train(a) -> None:
     for flag, on in (("--post-hidden", a.post_hidden), ("--train-hyper", a.train_hyper)):
         if on and not a.train_g:
             raise SystemExit(f"{flag} trains a decoder part: it needs --train-g")
+    if not 0 <= a.decay_to <= 1:
+        raise SystemExit(f"--decay-to {a.decay_to}: a multiple of the lr from 0 to 1")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     state = out / "h.pt"
@@ -175,13 +177,24 @@ def train(a) -> None:
         torch.save({"h": h.state_dict(), "opt": opt.state_dict(), "step": at, "hidden": hidden, "k_in": k_in,
                     "decoder": decoder, "g": model.g.state_dict() if decoder is not None else None,
                     "post": model.post.state_dict() if model.cfg.has_post else None,
-                    "hyper": {n: getattr(model, n).state_dict() for n in HYPER} if hyper else None}, buf)
+                    "hyper": {n: getattr(model, n).state_dict() for n in HYPER} if hyper else None,
+                    "decay": decay and {**decay, "done": decay["done"] + time.time() - t_start}}, buf)
         write_atomic(state, buf.getbuffer())
 
+    decay = s.get("decay") if s is not None else None  # a resumed run goes on along its stored schedule
+    if decay is None and a.decay_to < 1:
+        decay = {"to": a.decay_to, "seconds": a.minutes * 60, "done": 0.0}
     rng = np.random.default_rng(a.seed + step)
-    t_end = time.time() + a.minutes * 60
+    t_start = time.time()
+    t_end = t_start + a.minutes * 60
     log = open(out / "log.jsonl", "a")
     while time.time() < t_end and step < a.steps:
+        factor = 1.0
+        if decay is not None:
+            progress = (decay["done"] + time.time() - t_start) / decay["seconds"]
+            if progress >= 1:
+                break
+            factor = lr_factor(progress, decay["to"])
         batch = []
         for _ in range(a.batch):
             img = imgs[rng.integers(len(imgs))]
@@ -205,12 +218,13 @@ def train(a) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if step < a.warmup_steps:  # a fresh Adam moves every weight by about the lr at first
-            for g, lr in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr * (step + 1) / a.warmup_steps
+            factor = min(factor, (step + 1) / a.warmup_steps)
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * factor
         opt.step()
         step += 1
         rec = {"step": step, "loss": loss.item(), "base": base.item(), "bpp": bpp.item(), "base_bpp": b_bpp.item(),
-               "w_bpp": w_bpp.item(),
+               "w_bpp": w_bpp.item(), "lr_factor": factor,
                "psnr": -10 * math.log10(max(mse.item(), 1e-12)), "base_psnr": -10 * math.log10(max(b_mse.item(), 1e-12))}
         log.write(json.dumps(rec) + "\n")
         if step % 10 == 0:
@@ -220,6 +234,12 @@ def train(a) -> None:
             save(step)
     save(step)
     log.close()
+
+
+def lr_factor(progress: float, to: float) -> float:
+    """The lr multiple at ``progress`` (0..1) of a run that decays: a half cosine from 1 to ``to``,
+    so the last steps average out the noise of small CPU batches instead of adding to it."""
+    return to + (1 - to) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def _tabled_model(a, s: dict) -> Path:
@@ -464,6 +484,9 @@ def main(argv=None) -> None:
                    "this wide after f^-1, or widen the model's own to it (cfg.post_hidden; 0: none)")
     t.add_argument("--warmup-steps", type=int, default=20, help="ramp every lr up linearly over the first N "
                    "steps of this run (counted from its step 0, so a resumed run past N is unaffected)")
+    t.add_argument("--decay-to", type=float, default=1.0, help="decay every lr along a half cosine to this "
+                   "multiple over --minutes (1: constant); the schedule is stored, so a resumed run goes on "
+                   "along it and stops at its end")
     t.add_argument("--post-lr", type=float, default=1e-3, help="the post-filter's learning rate (added with "
                    "--post-hidden or the model's own)")
     t.add_argument("--train-hyper", action="store_true", help="with --train-g: train the hyperprior too (h_a, "

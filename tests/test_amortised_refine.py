@@ -254,3 +254,27 @@ def test_gpu_side_job_trains_h_of_the_shipped_models_through_the_post_script(tmp
     meta = read_addon_meta(side / "ilc-q2.encoder.safetensors", model_id_of_file(CKPT))
     assert meta["info"]["note"].startswith("GPU side job, batch 1")
     assert "starting from" in (side / "ilc-q2.stdout").read_text()  # the shipped add-on as its start
+
+
+def test_lr_decay_follows_a_stored_schedule_that_a_resumed_run_goes_on_along(tmp_path):
+    from PIL import Image
+
+    assert amortised_refine.lr_factor(0, 0.1) == 1 and amortised_refine.lr_factor(1, 0.1) == pytest.approx(0.1)
+    assert amortised_refine.lr_factor(0.5, 0.1) == pytest.approx(0.55)
+    data = tmp_path / "data"
+    data.mkdir()
+    img = (np.random.default_rng(2).random((64, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(data / "im.png")
+    out = tmp_path / "run"
+    args = ["train", "--ckpt", str(CKPT), "--data", str(data), "--out", str(out), "--batch", "1", "--crop", "64",
+            "--hidden", "8", "--warmup-steps", "0", "--decay-to", "0.1"]
+    with pytest.raises(SystemExit, match="from 0 to 1"):
+        amortised_refine.main(args[:-1] + ["2", "--steps", "1"])
+    amortised_refine.main(args + ["--minutes", "0.05"])  # 3 s: the whole schedule
+    rows = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
+    factors = [r["lr_factor"] for r in rows]
+    assert len(factors) >= 2 and factors == sorted(factors, reverse=True) and factors[-1] >= 0.1
+    state = torch.load(out / "h.pt")
+    assert state["decay"]["to"] == 0.1 and state["decay"]["done"] >= 3
+    amortised_refine.main(args + ["--minutes", "5"])  # the stored schedule is over: no more steps
+    assert torch.load(out / "h.pt")["step"] == state["step"] == len(rows)
