@@ -203,14 +203,15 @@ def train(a) -> None:
         x = (torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255.0).to(dev)
         with torch.no_grad():
             y, z = model.analysis(x)
+        with torch.set_grad_enabled(hyper):  # h_a learns only with the hyperprior
             w = model.h_a(y)
+        n_px = x.shape[0] * x.shape[2] * x.shape[3]
+        with torch.no_grad():
             w_hat = torch.round(w)
-            n_px = x.shape[0] * x.shape[2] * x.shape[3]
             w_bpp = w_rate(model, w, n_px)
             base, b_bpp, b_mse = objective(model, x, y, w_hat)
             base = base + w_bpp
         if hyper:  # w's bits count too: the prior and h_a learn
-            w = model.h_a(y)
             w_hat = ste_round(w)
             w_bpp = w_rate(model, w, n_px, a.rate)
         loss, bpp, mse = objective(model, x, h(y, z), w_hat, rate=a.rate)
