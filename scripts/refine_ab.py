@@ -53,7 +53,13 @@ def run(a) -> None:
     done = set()
     if log.exists():
         done = {(r["q"], r["image"], r["iters"]) for r in map(json.loads, log.read_text().splitlines())}
-    for q in shipped_qualities(a.kind):
+    qualities = shipped_qualities(a.kind)
+    if a.q:
+        wanted = [int(v) for v in a.q.split(",")]
+        if not set(wanted) <= set(qualities):
+            raise SystemExit(f"--q {a.q}: the shipped {a.kind} qualities are {qualities}")
+        qualities = wanted
+    for q in qualities:
         ckpt = shipped_checkpoint(q, a.kind)
         base = open_codec(ckpt, backend="torch", device=a.device)
         refining = open_codec(ckpt, backend="torch", device=a.device, refine=a.iters, refine_lr=a.lr)
@@ -131,6 +137,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=DEFAULT_ITERS)
     ap.add_argument("--lr", type=float, default=DEFAULT_LR)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--q", default="", help="only these qualities, in this order (e.g. 2,3); default: all")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (sorted); 0: all")
     ap.add_argument("--device", default="cpu", help="torch device of the encoder and decoder (cpu, cuda)")
     a = ap.parse_args()
