@@ -295,7 +295,9 @@ def grow_g(model: ILC, hidden: int | None = None, refine_y: bool = False) -> ILC
     nh = max(hidden or oh, oh)
     cfg = dataclasses.replace(old_cfg, g_hidden=nh, g_refine_y=old_cfg.g_refine_y or refine_y)
     new = build_model(cfg)
-    new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("g.")}, strict=False)
+    missing, unexpected = new.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("g.")}, strict=False)
+    assert not unexpected and all(k.startswith("g.") for k in missing), (missing, unexpected)
     old_y, new_y = (m if old_cfg.g_refine_y else 0), (m if cfg.g_refine_y else 0)
     src, dst = model.g.net, new.g.net
     with torch.no_grad():
