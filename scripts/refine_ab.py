@@ -49,6 +49,7 @@ def make_crops(src: Path, dst: Path, crop: int) -> list[Path]:
 def run(a) -> None:
     torch.set_num_threads(a.threads)
     crops = make_crops(Path(a.images), Path(a.out) / "crops", a.crop)[:a.limit or None]
+    Path(a.out).mkdir(parents=True, exist_ok=True)
     log = Path(a.out) / f"{a.kind}.jsonl"
     done = set()
     if log.exists():
