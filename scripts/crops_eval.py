@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ilc_export.contract.encoder_addon import addon_path
+
 
 def has_tables(path: Path) -> bool:
     from safetensors import safe_open
@@ -30,6 +32,21 @@ def has_tables(path: Path) -> bool:
 
     with safe_open(str(path), "np") as f:
         return any(k.startswith(TABLE_PREFIX) for k in f.keys())
+
+
+def relabel_addon(src: Path, tabled: Path) -> None:
+    """The encoder add-on beside ``src`` (trained for these weights before they had tables, as
+    ``amortised_refine.py ship --run`` writes it), beside ``tabled`` for its model id: building
+    tables changes the id, and a checkpoint's add-on must serve its id."""
+    from ilc_export.contract.encoder_addon import read_addon_meta
+    from ilc_export.contract.model_id import model_id_of_file
+    from ilc_reference.encoder_addon import load_addon, save_addon
+
+    p = addon_path(src)
+    if p.is_file():
+        meta = read_addon_meta(p)
+        save_addon(load_addon(p, None), addon_path(tabled), model_id_of_file(tabled),
+                   {**meta["info"], "relabelled_from": meta["serves"]})
 
 
 def evaluate(ckpt: Path, crops: list[Path], threads: int = 1) -> list[dict]:
@@ -93,10 +110,14 @@ def main(argv=None) -> None:
             if a.ckpt.with_suffix(".json").exists():
                 shutil.copyfile(a.ckpt.with_suffix(".json"), ckpt.with_suffix(".json"))
             finalize_checkpoint(ckpt, calib_folder(calib, CALIB_COUNT, Path(tmp) / calib.name))
+            relabel_addon(a.ckpt, ckpt)
+        addon = addon_path(ckpt).is_file()
         rows = evaluate(ckpt, crops, a.threads)
-    out = {"ckpt": str(a.ckpt), "crops": str(a.crops), "bpp": float(np.mean([r["bpp"] for r in rows])),
-           "psnr": float(np.mean([r["psnr"] for r in rows])), "rows": rows}
-    line = f"{a.ckpt}: {len(rows)} crops, bpp {out['bpp']:.4f}, PSNR {out['psnr']:.3f} dB"
+    out = {"ckpt": str(a.ckpt), "crops": str(a.crops), "encoder_addon": addon,
+           "bpp": float(np.mean([r["bpp"] for r in rows])), "psnr": float(np.mean([r["psnr"] for r in rows])),
+           "rows": rows}
+    line = (f"{a.ckpt}{' + encoder add-on' if addon else ''}: {len(rows)} crops, bpp {out['bpp']:.4f}, "
+            f"PSNR {out['psnr']:.3f} dB")
     if a.vs:
         out["vs"] = {"json": str(a.vs), "slope": a.slope, **local_bd(rows, json.loads(a.vs.read_text())["rows"], a.slope)}
         v = out["vs"]

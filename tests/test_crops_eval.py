@@ -51,3 +51,35 @@ def test_tableless_weights_are_tabled_and_compared_through_real_files(tmp_path, 
         crops_eval.main(["--ckpt", str(a), "--json", str(tmp_path / "a.json"), *common])
     with pytest.raises(SystemExit, match="no .png crops"):
         crops_eval.main(["--ckpt", str(a), "--json", str(tmp_path / "c.json"), "--crops", str(tmp_path), "--calib", str(calib)])
+
+
+def test_a_runs_encoder_addon_is_carried_into_the_tabled_copy(tmp_path):
+    """Building tables changes the model id; the add-on trained for the weights must follow it,
+    or the run is evaluated without it (its decoder was trained on the add-on's latents)."""
+    import shutil
+
+    import torch
+
+    from ilc_export.contract.encoder_addon import addon_path
+    from ilc_export.contract.model_id import model_id_of_file
+    from ilc_reference.encoder_addon import LatentCorrection, save_addon
+
+    crops, calib = _pngs(tmp_path / "crops", 2, 64, 2), _pngs(tmp_path / "calib", 2, 128, 3)
+    model = randomize(build_model(tiny_config("ilc")), scale=0.05, seed=2).eval()
+    a = save_checkpoint(model, tmp_path / "a" / "model")
+    bare = tmp_path / "bare" / a.name
+    bare.parent.mkdir()
+    shutil.copyfile(a, bare)
+    h = LatentCorrection(model.cfg.latent_channels, model.cfg.z_channels, hidden=4)
+    with torch.no_grad():
+        h.net[-1].weight.normal_(0, 0.5)
+    save_addon(h, addon_path(a), model_id_of_file(a), {"steps": 1})
+    common = ["--crops", str(crops), "--calib", str(calib)]
+    crops_eval.main(["--ckpt", str(a), "--json", str(tmp_path / "a.json"), *common])
+    crops_eval.main(["--ckpt", str(bare), "--json", str(tmp_path / "bare.json"), *common])
+    ra, rb = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("a", "bare"))
+    assert ra["encoder_addon"] is True and rb["encoder_addon"] is False
+    assert [r["bytes"] for r in ra["rows"]] != [r["bytes"] for r in rb["rows"]] or ra["psnr"] != rb["psnr"]
+    from ilc_export.contract.encoder_addon import read_addon_meta
+
+    assert not crops_eval.has_tables(a) and read_addon_meta(addon_path(a))["serves"] == model_id_of_file(a)  # untouched
