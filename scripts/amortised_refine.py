@@ -432,7 +432,7 @@ def ship(a) -> None:
     from ilc_export.contract.encoder_addon import addon_path, read_addon_meta
     from ilc_export.contract.model_id import model_id_of_file
     from ilc_reference.checkpoint import read_config
-    from ilc_reference.encoder_addon import load_addon
+    from ilc_reference.encoder_addon import relabel_addon
 
     ckpt = Path(a.ckpt)
     if (a.out is None) == (a.from_addon is None):
@@ -446,15 +446,13 @@ def ship(a) -> None:
         raise SystemExit(f"{dst} exists; pass --force to replace it")
     if new_model:
         _write_run(a, s, ckpt)
+    note = {"note": a.note} if a.note else {}
     if a.from_addon:
-        meta = read_addon_meta(a.from_addon)
-        h, info = load_addon(a.from_addon, None), {**meta["info"], "relabelled_from": meta["serves"]}
+        out = relabel_addon(a.from_addon, dst, model_id_of_file(ckpt), note)
     else:
-        h = _h_of(s, read_config(ckpt))
-        info = {"trained": "scripts/amortised_refine.py train (every model weight frozen)", "steps": int(s["step"])}
-    if a.note:
-        info["note"] = a.note
-    print(f"wrote {save_addon(h, dst, model_id_of_file(ckpt), info)} ({info.get('steps')} steps)")
+        info = {"trained": "scripts/amortised_refine.py train (every model weight frozen)", "steps": int(s["step"]), **note}
+        out = save_addon(_h_of(s, read_config(ckpt)), dst, model_id_of_file(ckpt), info)
+    print(f"wrote {out} ({read_addon_meta(out)['info'].get('steps')} steps)")
 
 
 def main(argv=None) -> None:

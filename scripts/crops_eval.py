@@ -34,21 +34,6 @@ def has_tables(path: Path) -> bool:
         return any(k.startswith(TABLE_PREFIX) for k in f.keys())
 
 
-def relabel_addon(src: Path, tabled: Path) -> None:
-    """The encoder add-on beside ``src`` (trained for these weights before they had tables, as
-    ``amortised_refine.py ship --run`` writes it), beside ``tabled`` for its model id: building
-    tables changes the id, and a checkpoint's add-on must serve its id."""
-    from ilc_export.contract.encoder_addon import read_addon_meta
-    from ilc_export.contract.model_id import model_id_of_file
-    from ilc_reference.encoder_addon import load_addon, save_addon
-
-    p = addon_path(src)
-    if p.is_file():
-        meta = read_addon_meta(p)
-        save_addon(load_addon(p, None), addon_path(tabled), model_id_of_file(tabled),
-                   {**meta["info"], "relabelled_from": meta["serves"]})
-
-
 def evaluate(ckpt: Path, crops: list[Path], threads: int = 1) -> list[dict]:
     import torch
 
@@ -110,7 +95,11 @@ def main(argv=None) -> None:
             if a.ckpt.with_suffix(".json").exists():
                 shutil.copyfile(a.ckpt.with_suffix(".json"), ckpt.with_suffix(".json"))
             finalize_checkpoint(ckpt, calib_folder(calib, CALIB_COUNT, Path(tmp) / calib.name))
-            relabel_addon(a.ckpt, ckpt)
+            if addon_path(a.ckpt).is_file():  # tables change the model id; the add-on must serve the new one
+                from ilc_export.contract.model_id import model_id_of_file
+                from ilc_reference.encoder_addon import relabel_addon
+
+                relabel_addon(addon_path(a.ckpt), addon_path(ckpt), model_id_of_file(ckpt))
         addon = addon_path(ckpt).is_file()
         rows = evaluate(ckpt, crops, a.threads)
     out = {"ckpt": str(a.ckpt), "crops": str(a.crops), "encoder_addon": addon,

@@ -81,6 +81,7 @@ def test_train_then_eval_through_real_files(tmp_path):
 
     # ship: h as an encoder add-on the torch backend then uses (written elsewhere than next to
     # the shipped checkpoint, whose own add-on stays as it is)
+    from ilc_export.contract.encoder_addon import read_addon_meta
     from ilc_export.contract.model_id import model_id_of_file
     from ilc_reference.encoder_addon import load_addon
 
@@ -94,6 +95,8 @@ def test_train_then_eval_through_real_files(tmp_path):
     re = tmp_path / "re.encoder.safetensors"
     amortised_refine.main(["ship", "--ckpt", str(CKPT), "--from-addon", str(dst), "--addon", str(re)])
     assert torch.equal(load_addon(re, model_id_of_file(CKPT)).state_dict()["net.4.weight"], h.state_dict()["net.4.weight"])
+    info = read_addon_meta(re)["info"]
+    assert info["relabelled_from"] == model_id_of_file(CKPT) and info["steps"] == torch.load(out / "h.pt")["step"] and info["note"] == "t"
     with pytest.raises(SystemExit, match="one of"):
         amortised_refine.main(["ship", "--ckpt", str(CKPT), "--addon", str(tmp_path / "x.encoder.safetensors")])
     # --init-addon: a new run starts from the shipped h (lr 0: it stays there)

@@ -86,6 +86,15 @@ def load_addon(path: str | Path, model_id: str | None, map_location="cpu") -> La
     return h.to(map_location).eval()
 
 
+def relabel_addon(src: str | Path, dst: str | Path, model_id: str, info: dict | None = None) -> Path:
+    """The add-on at `src` written to `dst` as serving `model_id`, weights unchanged: for the same
+    decoder under a new id (building codec tables changes the id). Its info keeps where it came
+    from, plus `info`."""
+    meta = read_addon_meta(src)
+    return save_addon(load_addon(src, None), dst, model_id,
+                      {**meta["info"], "relabelled_from": meta["serves"], **(info or {})})
+
+
 def addon_for(ckpt: str | Path, model_id: str, map_location="cpu") -> LatentCorrection | None:
     """The add-on sitting next to checkpoint `ckpt`, or None when there is none."""
     p = addon_path(ckpt)
