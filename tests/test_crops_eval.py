@@ -60,7 +60,7 @@ def test_a_runs_encoder_addon_is_carried_into_the_tabled_copy(tmp_path):
 
     import torch
 
-    from ilc_export.contract.encoder_addon import addon_path
+    from ilc_export.contract.encoder_addon import addon_path, read_addon_meta
     from ilc_export.contract.model_id import model_id_of_file
     from ilc_reference.encoder_addon import LatentCorrection, save_addon
 
@@ -80,6 +80,4 @@ def test_a_runs_encoder_addon_is_carried_into_the_tabled_copy(tmp_path):
     ra, rb = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("a", "bare"))
     assert ra["encoder_addon"] is True and rb["encoder_addon"] is False
     assert [r["bytes"] for r in ra["rows"]] != [r["bytes"] for r in rb["rows"]] or ra["psnr"] != rb["psnr"]
-    from ilc_export.contract.encoder_addon import read_addon_meta
-
     assert not crops_eval.has_tables(a) and read_addon_meta(addon_path(a))["serves"] == model_id_of_file(a)  # untouched
